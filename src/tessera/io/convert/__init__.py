@@ -1,0 +1,51 @@
+"""Converters from foreign checkpoint layouts (timm, transformers, official) to tessera's.
+
+Each model family registers one function `(state_dict, model) -> state_dict`
+that detects the layout from the keys and returns tessera's keys. A state dict
+already in tessera's layout must come back unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from torch import Tensor, nn
+
+StateDict = dict[str, Tensor]
+Converter = Callable[[StateDict, nn.Module], StateDict]
+
+_CONVERTERS: dict[str, Converter] = {}
+# Modules that register converters; imported lazily on first use.
+_CONVERTER_MODULES = ("swin", "vit", "mixer")
+
+
+def register_converter(family: str) -> Callable[[Converter], Converter]:
+    """Register the checkpoint converter of a model family."""
+
+    def decorator(fn: Converter) -> Converter:
+        _CONVERTERS[family] = fn
+        return fn
+
+    return decorator
+
+
+def convert_state_dict(state: StateDict, model: nn.Module) -> StateDict:
+    """Translate `state` to tessera's layout for `model` (unchanged if already there)."""
+    for name in _CONVERTER_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
+    family = getattr(model, "family", "")
+    state = strip_prefix(state, model)
+    fn = _CONVERTERS.get(family)
+    return fn(state, model) if fn is not None else state
+
+
+def strip_prefix(state: StateDict, model: nn.Module) -> StateDict:
+    """Remove wrapper prefixes ('module.', Lightning's 'model.') that the model lacks."""
+    own = set(model.state_dict())
+    for prefix in ("module.", "model.", "_orig_mod."):
+        if state and all(k.startswith(prefix) for k in state) and not any(
+            k.startswith(prefix) for k in own
+        ):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state

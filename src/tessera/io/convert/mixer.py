@@ -1,0 +1,1 @@
+"""Checkpoint converter for the mixer family (filled in by its issue)."""

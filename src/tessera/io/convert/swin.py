@@ -1,0 +1,1 @@
+"""Checkpoint converter for the swin family (filled in by its issue)."""

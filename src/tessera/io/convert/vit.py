@@ -1,0 +1,1 @@
+"""Checkpoint converter for the vit family (filled in by its issue)."""

@@ -1,0 +1,31 @@
+"""Building blocks shared by every tessera model."""
+
+from tessera.layers.attention import Attention, CrossAttention, attend
+from tessera.layers.drop_path import DropPath, drop_path, drop_path_rates
+from tessera.layers.mlp import Mlp
+from tessera.layers.patch_embed import PatchEmbed, check_image_batch, to_2tuple
+from tessera.layers.pos_embed import (
+    RelativePositionBias,
+    relative_position_index,
+    resample_abs_pos_embed,
+    resize_rel_pos_table,
+    sincos_2d,
+)
+
+__all__ = [
+    "Attention",
+    "CrossAttention",
+    "DropPath",
+    "Mlp",
+    "PatchEmbed",
+    "RelativePositionBias",
+    "attend",
+    "check_image_batch",
+    "drop_path",
+    "drop_path_rates",
+    "relative_position_index",
+    "resample_abs_pos_embed",
+    "resize_rel_pos_table",
+    "sincos_2d",
+    "to_2tuple",
+]

@@ -1,0 +1,97 @@
+"""What every tessera model shares: its config, `save_pretrained`, head keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+def config_to_dict(config: Any) -> dict:
+    """A JSON-ready dict of a config dataclass (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def config_from_dict(cls: type, values: dict) -> Any:
+    """Rebuild a config dataclass from JSON values; lists become tuples where the default is one."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(fields)}")
+    fixed = {k: _to_tuple(v) for k, v in values.items()}
+    return cls(**fixed)
+
+
+def _to_tuple(v: Any) -> Any:
+    return tuple(_to_tuple(x) for x in v) if isinstance(v, list) else v
+
+
+def replace_config(config: Any, **overrides: Any) -> Any:
+    """`dataclasses.replace` that names the valid fields when one is misspelt."""
+    fields = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"{type(config).__name__} has no field(s) {unknown}; valid fields: {sorted(fields)}"
+        )
+    return dataclasses.replace(config, **{k: _to_tuple(v) for k, v in overrides.items()})
+
+
+class TesseraModel(nn.Module):
+    """Base of registry models: holds `config`, knows its registry name and head keys.
+
+    Subclasses set `family` (the checkpoint converter to use) and
+    `head_keys` (state-dict prefixes of the classifier, dropped when a
+    checkpoint is loaded for a different number of classes).
+    """
+
+    family: ClassVar[str] = ""
+    head_keys: ClassVar[tuple[str, ...]] = ("head.",)
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.arch: str = ""
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write `model.safetensors` (weights, config in metadata) and `config.json`."""
+        from safetensors.torch import save_model
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"architecture": self.arch, "config": config_to_dict(self.config)}
+        text = json.dumps(meta, indent=2)
+        _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text))
+        _atomic_write(
+            folder / WEIGHTS_NAME,
+            lambda p: save_model(self, str(p), metadata={"format": "pt", "tessera": text}),
+        )
+        return folder
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) the model was configured for (`config.in_chans`, `config.img_size`)."""
+        h, w = (self.config.img_size,) * 2 if isinstance(self.config.img_size, int) else self.config.img_size
+        return (self.config.in_chans, h, w)
+
+    def num_params(self, exclude_head: bool = False) -> int:
+        """Number of parameters, optionally without the classifier head."""
+        return sum(
+            p.numel()
+            for n, p in self.named_parameters()
+            if not (exclude_head and n.startswith(self.head_keys))
+        )
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Write through a temporary name and rename, so a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""MLP-Mixer (Tolstikhin et al., 2021). Filled in by issue 3."""

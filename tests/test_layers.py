@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+from tessera.layers import (
+    Attention,
+    CrossAttention,
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    RelativePositionBias,
+    attend,
+    relative_position_index,
+    resample_abs_pos_embed,
+    resize_rel_pos_table,
+    sincos_2d,
+)
+
+
+def test_fused_attention_equals_explicit_softmax():
+    q, k, v = torch.randn(3, 2, 4, 10, 8).unbind(0)
+    bias = torch.randn(1, 4, 10, 10)
+    bias[..., 3] = -100.0  # a masked key
+    fused = attend(q, k, v, bias, fused=True)
+    explicit = attend(q, k, v, bias, fused=False)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_module_shapes_and_reference_path():
+    attn = Attention(dim=32, num_heads=4).eval()
+    x = torch.randn(2, 7, 32)
+    y = attn(x)
+    attn.fused = False
+    torch.testing.assert_close(y, attn(x), atol=1e-5, rtol=1e-5)
+    assert y.shape == x.shape
+    with pytest.raises(ValueError, match="divisible"):
+        Attention(dim=30, num_heads=4)
+
+
+def test_cross_attention_keys_come_from_context():
+    attn = CrossAttention(dim=16, context_dim=24, num_heads=2).eval()
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 3, 24)
+    y = attn(x, ctx)
+    assert y.shape == (2, 5, 16)
+    # Changing the context changes the output; a single query token attends the whole context.
+    assert not torch.allclose(y, attn(x, ctx + 1))
+    with pytest.raises(ValueError, match="context"):
+        attn(x, torch.randn(3, 3, 24))
+
+
+def test_drop_path_keeps_expectation_and_is_identity_at_eval():
+    dp = DropPath(0.25)
+    x = torch.ones(20000, 4)
+    y = dp.train()(x)
+    kept = (y[:, 0] != 0).float().mean().item()
+    assert abs(kept - 0.75) < 0.02
+    assert abs(y.mean().item() - 1.0) < 0.03
+    assert torch.equal(dp.eval()(x), x)
+
+
+def test_patch_embed_is_flatten_then_linear():
+    pe = PatchEmbed(patch_size=4, in_chans=3, embed_dim=8)
+    x = torch.randn(2, 3, 8, 12)
+    y = pe(x)  # (B, H/P, W/P, C)
+    assert y.shape == (2, 2, 3, 8)
+    patch = x[:, :, 4:8, 8:12].reshape(2, -1)  # patch (1, 2), flattened as (C, P, P)
+    expected = patch @ pe.proj.weight.reshape(8, -1).T + pe.proj.bias
+    torch.testing.assert_close(y[:, 1, 2], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_embed_pads_when_asked_and_rejects_tiny_images():
+    pe = PatchEmbed(patch_size=4, in_chans=3, embed_dim=8, pad=True)
+    assert pe(torch.randn(1, 3, 9, 6)).shape == (1, 3, 2, 8)
+    with pytest.raises(ValueError, match="smaller than one patch"):
+        pe(torch.randn(1, 3, 3, 8))
+
+
+def test_mlp_shapes():
+    assert Mlp(8, 32, 4)(torch.randn(3, 5, 8)).shape == (3, 5, 4)
+
+
+def test_sincos_2d_rows_differ_and_are_bounded():
+    pe = sincos_2d((4, 6), 16)
+    assert pe.shape == (24, 16)
+    assert pe.abs().max() <= 1.0
+    assert torch.unique(pe, dim=0).shape[0] == 24
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sincos_2d((2, 2), 10)
+
+
+def test_resample_abs_pos_embed_keeps_prefix_and_sizes():
+    pos = torch.randn(1, 2 + 16, 8)
+    same = resample_abs_pos_embed(pos, (4, 4), num_prefix_tokens=2)
+    assert same is pos
+    out = resample_abs_pos_embed(pos, (6, 3), num_prefix_tokens=2)
+    assert out.shape == (1, 2 + 18, 8)
+    assert torch.equal(out[:, :2], pos[:, :2])
+
+
+def test_relative_position_index_counts_offsets():
+    idx = relative_position_index((3, 2))
+    assert idx.shape == (6, 6)
+    assert idx.max().item() == (2 * 3 - 1) * (2 * 2 - 1) - 1
+    # Same offset -> same entry: (0,0)->(1,1) and (1,0)->(2,1) are both (+1, +1).
+    assert idx[0, 3] == idx[2, 5]
+    assert (idx.diagonal() == idx[0, 0]).all()
+
+
+def test_relative_position_bias_shape_and_resize():
+    rpb = RelativePositionBias(4, num_heads=3)
+    assert rpb().shape == (3, 16, 16)
+    assert "index" not in rpb.state_dict()
+    bigger = resize_rel_pos_table(rpb.table.detach(), (6, 6), (4, 4))
+    assert bigger.shape == (11 * 11, 3)
+    torch.testing.assert_close(resize_rel_pos_table(rpb.table, (4, 4)), rpb.table)
