@@ -11,6 +11,12 @@ from tessera.layers.pos_embed import (
     resize_rel_pos_table,
     sincos_2d,
 )
+from tessera.layers.window_attention import (
+    WindowAttention,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
 
 __all__ = [
     "Attention",
@@ -28,4 +34,8 @@ __all__ = [
     "resize_rel_pos_table",
     "sincos_2d",
     "to_2tuple",
+    "WindowAttention",
+    "shifted_window_mask",
+    "window_partition",
+    "window_reverse",
 ]

@@ -1,0 +1,168 @@
+"""Window attention of the Swin Transformer (Liu et al., 2021, arXiv:2103.14030; notes 004).
+
+Self-attention restricted to non-overlapping M_h x M_w windows of a (B, H, W, C)
+grid, with a learned relative position bias B added to the scores:
+
+    A = Softmax(Q K^T / sqrt(d) + B + mask) V                 (one window)
+
+The cost of all windows together is M^2 H W: linear in the image size for a
+fixed M. Shifted windows (SW-MSA) are a cyclic shift (roll) of the grid by
+(M_h/2, M_w/2) followed by the same partition; the additive `mask` stops
+tokens from attending across the seams that the roll creates, so every token
+only attends within its own sub-window of the shifted partition.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from tessera.layers.attention import attend
+from tessera.layers.patch_embed import to_2tuple
+from tessera.layers.pos_embed import RelativePositionBias
+
+# Additive mask value between tokens of different sub-windows. The official
+# code and Hugging Face use -100, and so do we, to give the same numbers:
+# exp(-100) ~ 4e-44 is zero next to any unmasked term in fp32, and -100 is
+# exactly representable in fp16 / bf16, where -1e9 would overflow to -inf.
+# Never -inf: a row of -inf (a query with no allowed key) makes softmax NaN,
+# and SDPA's kernels subtract the row max, where -inf - (-inf) is NaN too.
+MASK_VALUE = -100.0
+
+
+def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """Cut a (B, H, W, C) grid into windows: (B, nW, M_h*M_w, C), windows and tokens row-major.
+
+    H and W must be multiples of the window (pad first).
+    """
+    wh, ww = window
+    return rearrange(x, "B (nh wh) (nw ww) C -> B (nh nw) (wh ww) C", wh=wh, ww=ww)
+
+
+def window_reverse(windows: Tensor, window: tuple[int, int], grid: tuple[int, int]) -> Tensor:
+    """Inverse of `window_partition`: (B, nW, M_h*M_w, C) -> (B, H, W, C) for grid = (H, W)."""
+    wh, ww = window
+    return rearrange(windows, "B (nh nw) (wh ww) C -> B (nh wh) (nw ww) C", nh=grid[0] // wh, wh=wh, ww=ww)
+
+
+def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """Additive mask of SW-MSA on the (already padded) grid, shape (nW, N, N), N = M_h*M_w.
+
+    After rolling the grid by -shift, each axis holds three regions: the
+    untouched part [0, L - M), the last window's first part [L - M, L - s)
+    and the wrapped-around strip [L - s, L). Tokens of the same window may
+    attend iff they are in the same region on both axes (0), else MASK_VALUE.
+    """
+    H, W = grid
+    (wh, ww), (sh, sw) = window, shift
+    if H % wh or W % ww:
+        raise ValueError(f"grid {grid} is not a multiple of the window {window}; pad it first")
+    rows = (torch.arange(H) >= H - wh).long() + (torch.arange(H) >= H - sh).long()  # region 0, 1, 2
+    cols = (torch.arange(W) >= W - ww).long() + (torch.arange(W) >= W - sw).long()
+    region = (rows[:, None] * 3 + cols[None, :])[None, :, :, None]  # (1, H, W, 1)
+    region = window_partition(region, window)[0, :, :, 0]  # (nW, N)
+    same = region[:, :, None] == region[:, None, :]  # (nW, N, N)
+    return torch.zeros(same.shape).masked_fill_(~same, MASK_VALUE)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_shift_mask(
+    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> Tensor:
+    """`shifted_window_mask` computed once per (grid, window, shift, device) and reused.
+
+    Built outside inference mode and without autograd, so that one cached
+    tensor serves inference and training calls alike; it is derived, never
+    learned, and never saved.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        return shifted_window_mask(grid, window, shift).to(device)
+
+
+@functools.lru_cache(maxsize=64)
+def _sub_window_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
+    """(N, N) index into the bias table of a `table_window` for the pairs of a smaller window.
+
+    The table holds one entry per offset (dy, dx); a smaller window uses the
+    same entries for its (fewer) offsets, i.e. the centre of the table.
+    """
+    (wh, ww), (th, tw) = window, table_window
+    ys, xs = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()  # (N,)
+    dy = ys[:, None] - ys[None, :] + th - 1  # (N, N) offsets moved to [0, 2 M_h - 2]
+    dx = xs[:, None] - xs[None, :] + tw - 1
+    return dy * (2 * tw - 1) + dx
+
+
+class WindowAttention(nn.Module):
+    """(S)W-MSA inside windows: multi-head attention with a learned relative position bias.
+
+    Args:
+        dim: channels C.
+        num_heads: heads h (C must be divisible by h).
+        window: window (M_h, M_w) the bias table is learned for, (2M_h-1)(2M_w-1) rows per head.
+        qkv_bias: learn a bias of the q, k, v projections.
+        rel_pos: add the relative position bias B (False: plain QK^T/sqrt(d), the
+            notes' "no pos." / "abs. pos." ablations).
+        proj_drop: dropout after the output projection.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: int | tuple[int, int],
+        qkv_bias: bool = True,
+        rel_pos: bool = True,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.window = to_2tuple(window)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rel_pos_bias = RelativePositionBias(self.window, num_heads) if rel_pos else None
+        self.fused = True  # False: the explicit softmax reference path of `attend`
+
+    def relative_bias(self, window: tuple[int, int] | None = None) -> Tensor | None:
+        """B of the notes, shape (h, N, N), for `window` (default: the learned one) or None without it.
+
+        A window smaller than the learned one (a stage smaller than the window)
+        reads the centre of the same table: the bias depends on the offset only.
+        """
+        if self.rel_pos_bias is None:
+            return None
+        window = self.window if window is None else tuple(window)
+        if window == self.window:
+            return self.rel_pos_bias()
+        if window[0] > self.window[0] or window[1] > self.window[1]:
+            raise ValueError(f"window {window} is larger than the learned window {self.window}")
+        index = _sub_window_index(window, self.window).to(self.rel_pos_bias.table.device)
+        N = index.shape[0]
+        return self.rel_pos_bias.table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, window: tuple[int, int] | None = None) -> Tensor:
+        """Attention within each window.
+
+        Args:
+            x: windows (B, nW, N, C), N = M_h * M_w tokens each (`window_partition`).
+            mask: additive shift mask (nW, N, N) or None (W-MSA).
+            window: the window x was cut with, if smaller than the learned one.
+
+        Returns:
+            (B, nW, N, C): Softmax(Q K^T / sqrt(d) + B + mask) V, projected.
+        """
+        q, k, v = rearrange(self.qkv(x), "B nW N (three h d) -> three B nW h N d", three=3, h=self.num_heads)
+        bias = self.relative_bias(window)  # (h, N, N) or None
+        if mask is not None:
+            mask = mask[:, None]  # (nW, 1, N, N): the same mask for every head
+            bias = mask if bias is None else bias + mask  # (nW, h, N, N)
+        x = attend(q, k, v, bias, self.fused)  # (B, nW, h, N, d)
+        x = rearrange(x, "B nW h N d -> B nW N (h d)")
+        return self.proj_drop(self.proj(x))
