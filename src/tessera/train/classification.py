@@ -1,0 +1,220 @@
+"""Image classification as a LightningModule, for any registry model.
+
+AdamW with decoupled weight decay (none on norms, biases, position tables and
+tokens), a linear warm-up then cosine decay per optimizer step, label
+smoothing, optional mixup/cutmix, stochastic depth through the model's own
+`drop_path_rate`, optional EMA of the weights (`tessera.train.callbacks.EMA`),
+top-1 / top-5 accuracy, and a test confusion matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tessera.data.transforms import MixupCutmix
+
+# Parameter names that are embeddings or tables rather than weights: no weight decay.
+_NO_DECAY = ("pos_embed", "cls_token", "dist_token", "rel_pos", "position_bias", "table", "mask_token")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices, none on 1-D parameters (norms, biases) and embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or any(k in name for k in _NO_DECAY) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """LR multiplier: linear from 1/warmup to 1 over `warmup` steps, then cosine down to `min_ratio`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def topk_correct(logits: Tensor, y: Tensor, ks: tuple[int, ...]) -> list[Tensor]:
+    """Number of samples whose class is among the top-k logits, for each k (k capped at the class count)."""
+    kmax = min(max(ks), logits.shape[-1])
+    top = logits.topk(kmax, dim=-1).indices  # (B, kmax)
+    hit = top == y[:, None]
+    return [hit[:, : min(k, kmax)].any(-1).sum() for k in ks]
+
+
+class ClassificationTask(L.LightningModule):
+    """Train and evaluate a registry classifier.
+
+    The network is built in `configure_model`, when the data is known:
+    `num_classes`, `in_chans` and `img_size` come from the DataModule unless
+    given here or in `model_args`.
+
+    Args:
+        model_name: a registry name (`tessera.list_models()`).
+        model_args: config overrides of the model (e.g. embed_dim, depths, drop_path_rate).
+        num_classes: classifier width (default: the DataModule's).
+        checkpoint: initial weights (any layout `create_model` reads); a different head is dropped.
+        lr: peak learning rate (after warm-up).
+        weight_decay: AdamW decoupled weight decay.
+        betas: AdamW betas.
+        warmup_fraction: share of all optimizer steps spent warming up linearly.
+        min_lr_ratio: final LR as a fraction of `lr` at the end of the cosine.
+        label_smoothing: epsilon of label smoothing.
+        mixup_alpha: Beta(alpha, alpha) of mixup (0 = off).
+        cutmix_alpha: Beta(alpha, alpha) of cutmix (0 = off).
+        ema_decay: decay of an EMA of the weights, updated once per optimizer step (0 = off).
+        ema_eval: evaluate (validate/test/export) with the EMA weights.
+    """
+
+    # What "best" means for this task (read by the export callback).
+    monitor: tuple[str, str] = ("val/acc1", "max")
+
+    def __init__(
+        self,
+        model_name: str = "swin_tiny_patch4_window7_224",
+        model_args: dict[str, Any] | None = None,
+        num_classes: int | None = None,
+        checkpoint: str | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.05,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.01,
+        label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        ema_decay: float = 0.0,
+        ema_eval: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.save_hyperparameters()
+        self.model: nn.Module | None = None
+        self.mixup: MixupCutmix | None = None
+        self.test_confusion: Tensor | None = None
+        self._confusion: Tensor | None = None
+        self._ema: L.Callback | None = None
+
+    # ------------------------------------------------------------------ model
+    def model_kwargs(self) -> dict[str, Any]:
+        """Arguments of `create_model`: explicit ones, then what the DataModule knows."""
+        hp = self.hparams
+        kw: dict[str, Any] = dict(hp.model_args or {})
+        dm = self._datamodule()
+        if hp.num_classes is not None:
+            kw["num_classes"] = hp.num_classes
+        for key in ("num_classes", "in_chans", "img_size"):
+            if key not in kw and dm is not None and getattr(dm, key, None):
+                kw[key] = getattr(dm, key)
+        return kw
+
+    def _datamodule(self) -> Any:
+        trainer = self._trainer
+        return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+    def configure_model(self) -> None:
+        """Build the network (once) from the registry."""
+        if self.model is not None:
+            return
+        from tessera.models import create_model
+
+        kw = self.model_kwargs()
+        self.model = create_model(self.hparams.model_name, checkpoint=self.hparams.checkpoint, **kw)
+        num_classes = kw.get("num_classes", getattr(self.model.config, "num_classes", 0))
+        self.mixup = MixupCutmix(
+            num_classes, self.hparams.mixup_alpha, self.hparams.cutmix_alpha, smoothing=self.hparams.label_smoothing
+        )
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """EMA of the weights when `ema_decay` > 0."""
+        if self.hparams.ema_decay > 0:
+            from tessera.train.callbacks import EMA
+
+            # The same instance every time: trainer.test after fit must keep the average.
+            if self._ema is None:
+                self._ema = EMA(self.hparams.ema_decay, eval_with_ema=self.hparams.ema_eval)
+            return [self._ema]
+        return []
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, num_classes) of images (B, C, H, W)."""
+        return self.model(x)
+
+    # --------------------------------------------------------------- training
+    def loss(self, logits: Tensor, x: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+        """Cross-entropy with label smoothing, or against mixed soft targets (B, K)."""
+        if target is not None:
+            return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+        return F.cross_entropy(logits.float(), y, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """One step: (mix), forward, loss; logs train/loss and train/acc1."""
+        x, y = batch
+        target = None
+        if self.mixup is not None and self.mixup.enabled:
+            x, target = self.mixup(x, y)  # draws from the per-step seeded RNG (StepSeed)
+        logits = self(x)
+        loss = self.loss(logits, x, y, target)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc1", acc, prog_bar=False)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        """AdamW + per-step warm-up/cosine schedule over the whole run."""
+        hp = self.hparams
+        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(round(hp.warmup_fraction * total)))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, hp.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits.float(), y)
+        top1, top5 = topk_correct(logits, y, (1, 5))
+        n = y.shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True, batch_size=n)
+        self.log(f"{stage}/acc1", top1.float() / n, prog_bar=True, sync_dist=True, batch_size=n)
+        if logits.shape[-1] > 5:
+            self.log(f"{stage}/acc5", top5.float() / n, sync_dist=True, batch_size=n)
+        return logits
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Loss and top-1/top-5 accuracy on the validation split."""
+        self._eval_step(batch, "val")
+
+    def on_test_epoch_start(self) -> None:
+        """Reset the confusion matrix."""
+        k = self.model_kwargs().get("num_classes") or self.model.config.num_classes
+        self._confusion = torch.zeros(k, k, dtype=torch.long, device=self.device)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        """Loss, accuracy and confusion counts (rows: true class, columns: predicted)."""
+        logits = self._eval_step(batch, "test")
+        k = self._confusion.shape[0]
+        idx = batch[1] * k + logits.argmax(-1)
+        self._confusion += torch.bincount(idx, minlength=k * k).view(k, k)
+
+    def on_test_epoch_end(self) -> None:
+        """Sum the confusion matrix over ranks."""
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self._confusion)
+        self.test_confusion = self._confusion.cpu()
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Class probabilities (B, num_classes)."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(-1)
