@@ -1,0 +1,305 @@
+"""Swin Transformer: window attention, shift mask, ablation switches, input sizes, figures."""
+
+import math
+
+import pytest
+import torch
+
+import tessera
+from tessera.layers import RelativePositionBias, WindowAttention, shifted_window_mask, window_partition, window_reverse
+from tessera.layers.window_attention import MASK_VALUE
+from tessera.models import swin as swin_mod
+from tessera.models.swin import SwinConfig, SwinTransformer, stage_window, window_attention_padded
+
+TINY = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4)
+
+
+def tiny(**kw) -> SwinTransformer:
+    return tessera.create_model("swin_tiny_patch4_window7_224", **{**TINY, **kw}).eval()
+
+
+# ---------------------------------------------------------------- shift mask
+
+
+def brute_force_allowed(grid, window, shift):
+    """allowed[w, i, j]: tokens i, j of rolled window w share a window of the shifted, padded grid.
+
+    The shifted partition, in the original (unrolled) coordinates, cuts each
+    axis at s, s + M, s + 2M, ...: a token at y lies in sub-window floor((y - s) / M).
+    """
+    H, W = grid
+    (wh, ww), (sh, sw) = window, shift
+    out = []
+    for wy in range(H // wh):
+        for wx in range(W // ww):
+            ids = []
+            for i in range(wh * ww):
+                ry, rx = wy * wh + i // ww, wx * ww + i % ww  # position after roll by -s
+                y, x = (ry + sh) % H, (rx + sw) % W  # where the token came from
+                ids.append((math.floor((y - sh) / wh), math.floor((x - sw) / ww)))
+            out.append([[a == b for b in ids] for a in ids])
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize(
+    "grid, window, shift",
+    [
+        ((8, 8), (4, 4), (2, 2)),
+        ((14, 14), (7, 7), (3, 3)),  # e.g. a 10 x 12 map padded to 14 x 14
+        ((12, 8), (6, 4), (3, 2)),  # an (h, w) window pair
+        ((9, 10), (3, 5), (1, 2)),
+    ],
+)
+def test_shift_mask_matches_brute_force(grid, window, shift):
+    mask = shifted_window_mask(grid, window, shift)
+    allowed = brute_force_allowed(grid, window, shift)
+    assert mask.shape == allowed.shape
+    assert torch.equal(mask == 0, allowed)
+    assert torch.all((mask == 0) | (mask == MASK_VALUE))
+    assert not allowed.all(), "the test grid must contain seams"
+
+
+def test_partition_and_reverse_are_inverse():
+    x = torch.randn(2, 12, 10, 3)
+    windows = window_partition(x, (4, 5))
+    assert windows.shape == (2, 6, 20, 3)
+    assert torch.equal(windows[0, 1, 6], x[0, 1, 6])  # window (0, 1), token (1, 1)
+    assert torch.equal(window_reverse(windows, (4, 5), (12, 10)), x)
+
+
+def _reference_shifted_attention(x, attn, window, shift):
+    """Global attention over the zero-padded map; pair (p, q) allowed iff same shifted sub-window."""
+    B, H, W, C = x.shape
+    (wh, ww), (sh, sw) = window, shift
+    Hp, Wp = -(-H // wh) * wh, -(-W // ww) * ww
+    xp = torch.nn.functional.pad(x, (0, 0, 0, Wp - W, 0, Hp - H)).reshape(B, Hp * Wp, C)
+    h = attn.num_heads
+    q, k, v = attn.qkv(xp).reshape(B, Hp * Wp, 3, h, C // h).permute(2, 0, 3, 1, 4)
+    ys, xs = torch.meshgrid(torch.arange(Hp), torch.arange(Wp), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    sub = torch.div(ys - sh, wh, rounding_mode="floor") * 10_000 + torch.div(xs - sw, ww, rounding_mode="floor")
+    allowed = sub[:, None] == sub[None, :]
+    dy = ys[:, None] - ys[None, :] + wh - 1
+    dx = xs[:, None] - xs[None, :] + ww - 1
+    table = attn.rel_pos_bias.table
+    bias = table[(dy.clamp(0, 2 * wh - 2) * (2 * ww - 1) + dx.clamp(0, 2 * ww - 2))].permute(2, 0, 1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C // h) + bias
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(B, Hp, Wp, C)
+    return attn.proj(out)[:, :H, :W]
+
+
+@pytest.mark.parametrize("hw, window", [((10, 9), (4, 4)), ((12, 11), (6, 4)), ((8, 8), (4, 4))])
+def test_shifted_window_attention_equals_masked_global_attention(hw, window):
+    """Roll + partition + mask + reverse == attention restricted to the shifted sub-windows."""
+    attn = WindowAttention(16, 2, window).eval()
+    with torch.no_grad():
+        attn.rel_pos_bias.table.normal_()
+        x = torch.randn(2, *hw, 16)
+        shift = (window[0] // 2, window[1] // 2)
+        ours = window_attention_padded(x, attn, window, shift)
+        ref = _reference_shifted_attention(x, attn, window, shift)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- windows, buffers, bias
+
+
+def test_stage_window_rule():
+    assert stage_window((56, 56), (7, 7), True) == ((7, 7), (3, 3))
+    assert stage_window((56, 56), (7, 7), False) == ((7, 7), (0, 0))
+    assert stage_window((7, 7), (7, 7), True) == ((7, 7), (0, 0))  # Swin-T stage 4 at 224: no shift
+    assert stage_window((8, 6), (7, 7), True) == ((6, 6), (0, 0))  # as transformers: min(H, W)
+    assert stage_window((16, 12), (8, 4), True) == ((8, 4), (4, 2))
+    assert stage_window((6, 12), (8, 4), True) == ((6, 4), (0, 0))
+
+
+def test_smaller_window_reads_the_centre_of_the_table():
+    attn = WindowAttention(8, 2, (4, 4))
+    small = RelativePositionBias((2, 3), 2)
+    with torch.no_grad():
+        attn.rel_pos_bias.table.normal_()
+        table = attn.rel_pos_bias.table.reshape(7, 7, 2)[2:5, 1:6]  # offsets |dy| <= 1, |dx| <= 2
+        small.table.copy_(table.reshape(-1, 2))
+    torch.testing.assert_close(attn.relative_bias((2, 3)), small())
+    with pytest.raises(ValueError, match="larger"):
+        attn.relative_bias((5, 4))
+
+
+def test_index_and_masks_are_not_in_state_dict():
+    model = tiny()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 30, 26))  # another resolution: masks computed and cached, state unchanged
+    keys = set(model.state_dict())
+    assert not any("index" in k or "mask" in k for k in keys)
+    assert keys == {n for n, _ in model.named_parameters()}
+    assert any(n.endswith("rel_pos_bias.index") for n, _ in model.named_buffers())
+
+
+def test_mask_is_cached_per_resolution():
+    from tessera.layers.window_attention import cached_shift_mask
+
+    a = cached_shift_mask((8, 8), (4, 4), (2, 2), torch.device("cpu"))
+    with torch.inference_mode():
+        b = cached_shift_mask((8, 8), (4, 4), (2, 2), torch.device("cpu"))
+    assert a is b and not a.is_inference() and not a.requires_grad
+
+
+# ---------------------------------------------------------------- ablation switches
+
+
+def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
+    calls = {"roll": 0, "mask": 0}
+    real_roll, real_mask = torch.roll, swin_mod.cached_shift_mask
+
+    def roll(*a, **k):
+        calls["roll"] += 1
+        return real_roll(*a, **k)
+
+    def mask(*a, **k):
+        calls["mask"] += 1
+        return real_mask(*a, **k)
+
+    monkeypatch.setattr(torch, "roll", roll)
+    monkeypatch.setattr(swin_mod, "cached_shift_mask", mask)
+    shifted, plain = tiny(), tiny(shift=False)
+    plain.load_state_dict(shifted.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        y_plain = plain(x)
+        assert calls == {"roll": 0, "mask": 0}
+        y_shift = shifted(x)
+    assert calls == {"roll": 4, "mask": 2}  # one SW-MSA block per stage, roll there and back
+    assert not torch.allclose(y_plain, y_shift)
+
+
+@pytest.mark.parametrize(
+    "pos, has_abs, has_rel", [("rel", False, True), ("abs", True, False), ("none", False, False), ("abs+rel", True, True)]
+)
+def test_position_encoding_switch(pos, has_abs, has_rel):
+    model = tiny(pos_embed=pos)
+    names = [n for n, _ in model.named_parameters()]
+    assert ("abs_pos_embed" in names) == has_abs
+    assert any(n.endswith("rel_pos_bias.table") for n in names) == has_rel
+    if has_abs:
+        x = torch.randn(1, 3, 32, 32)
+        with torch.no_grad():
+            before = model(x)
+            model.abs_pos_embed.add_(torch.randn_like(model.abs_pos_embed))
+            assert not torch.allclose(model(x), before)
+
+
+def test_none_has_no_position_signal():
+    """'none': with one window over the whole map the model cannot tell where a patch is."""
+    cfg = dict(img_size=8, patch_size=2, embed_dim=16, depths=(1,), num_heads=(2,), window_size=4)
+    x = torch.randn(1, 3, 8, 8)
+    patches = x.reshape(1, 3, 4, 2, 4, 2)  # (B, C, rows, 2, columns, 2)
+    moved = patches.flip(4).roll(1, dims=2).reshape(1, 3, 8, 8)  # permute whole patches
+    for pos, invariant in (("none", True), ("rel", False), ("abs", False)):
+        model = tessera.create_model("swin_tiny_patch4_window7_224", pos_embed=pos, **cfg).eval()
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim == 2 and p.shape[0] == 49:  # relative-bias tables: make them matter
+                    p.normal_()
+            a, b = model(x), model(moved)
+        assert torch.allclose(a, b, atol=1e-5) == invariant, pos
+
+
+def test_abs_pos_embed_is_resampled_at_another_size():
+    model = tiny(pos_embed="abs")
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, 45, 38))
+    assert y.shape == (2, 1000) and torch.isfinite(y).all()
+
+
+# ---------------------------------------------------------------- dtypes, inputs, features
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_forward_with_shift_masks_is_finite(dtype):
+    model = tiny().to(dtype)
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, 36, 30, dtype=dtype))  # padding + shift masks
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(tiny()(torch.randn(2, 3, 32, 32))).all()
+
+
+def test_bad_input_is_a_value_error():
+    model = tiny()
+    with pytest.raises(ValueError, match="4-D"):
+        model(torch.randn(3, 32, 32))
+    with pytest.raises(ValueError, match="channels"):
+        model(torch.randn(1, 4, 32, 32))
+    with pytest.raises(ValueError, match="floating-point"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="smaller than one patch"):
+        model(torch.randn(1, 3, 1, 32))
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="divisible"):
+        SwinConfig(embed_dim=30, num_heads=(4, 8, 16, 32))
+    with pytest.raises(ValueError, match="equal length"):
+        SwinConfig(depths=(2, 2), num_heads=(3,))
+    with pytest.raises(ValueError, match="pos_embed"):
+        SwinConfig(pos_embed="learned")
+    with pytest.raises(ValueError, match="window_size"):
+        SwinConfig(window_size=(7, 0))
+
+
+def test_features_at_a_padded_size():
+    cfg = dict(img_size=224, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+    model = tessera.create_model("swin_tiny_patch4_window7_224", **cfg).eval()
+    with torch.no_grad():
+        maps = model.features(torch.randn(2, 3, 250, 190))
+    # 250 x 190 -> 63 x 48 patches (padded), then ceil halving.
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 63, 48), (2, 32, 32, 24), (2, 64, 16, 12), (2, 128, 8, 6)]
+    assert [(i["num_chs"], i["reduction"]) for i in model.feature_info] == [(16, 4), (32, 8), (64, 16), (128, 32)]
+
+
+def test_forward_intermediates_agree_with_forward_features():
+    model = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        last = model.forward_intermediates(x)[-1].permute(0, 2, 3, 1)
+        torch.testing.assert_close(model.norm(last), model.forward_features(x))
+
+
+# ---------------------------------------------------------------- training features
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = tiny(drop_path_rate=0.0).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(x).square().mean().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).square().mean().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], msg=n)
+
+
+def test_stochastic_depth():
+    model = tiny(drop_path_rate=0.5)
+    rates = [b.drop_path.p for s in model.stages for b in s.blocks]
+    assert rates == pytest.approx([0.0, 0.5 / 3, 1.0 / 3, 0.5])
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x), model(x))
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+# ---------------------------------------------------------------- figures
+
+
+@pytest.mark.slow
+def test_swin_tiny_params_and_macs_match_the_paper():
+    model = tessera.create_model("swin_tiny_patch4_window7_224")
+    params, macs = tessera.profile(model, (3, 224, 224))
+    assert abs(params / 28.3e6 - 1) < 0.02, params
+    assert abs(macs / 4.5e9 - 1) < 0.02, macs
