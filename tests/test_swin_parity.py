@@ -135,6 +135,18 @@ def test_transformers_module_names(small_hf, tmp_path):
     assert max_diff(model, small_hf, torch.randn(2, 3, 75, 50)) <= 1e-4
 
 
+def test_transformers_swin_model_backbone(small_hf, tmp_path):
+    """A SwinModel checkpoint (no `swin.` prefix, no classifier) into a headless model: pooled features agree."""
+    sd = {k.removeprefix("swin."): v.contiguous() for k, v in small_hf.state_dict().items() if k.startswith("swin.")}
+    save_file(sd, tmp_path / "swin_model.safetensors")
+    model = tessera_model(tmp_path / "swin_model.safetensors", 0, 64, **SMALL)
+    x = torch.randn(2, 3, 75, 50)
+    hf_logits(small_hf, x)  # resets transformers' window / shift state
+    with torch.no_grad():
+        ref = small_hf.swin(pixel_values=x).pooler_output
+        assert (model(x) - ref).abs().max().item() <= 1e-4
+
+
 def test_timm_layout(small_hf, tmp_path):
     sd = hf_to_timm(small_hf, merge_at_end=False)
     assert "layers.1.downsample.reduction.weight" in sd and "head.fc.weight" in sd
