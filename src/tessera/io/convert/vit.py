@@ -76,9 +76,9 @@ def _from_transformers(state: StateDict, model: nn.Module) -> StateDict:
     out: StateDict = {}
     qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
     for key, value in state.items():
-        head = key.split(".")[0]
-        if head in _HF_HEADS and not key.startswith(prefix or "\0"):
-            out[f"{_HF_HEADS[head]}.{key.split('.', 1)[1]}"] = value
+        head, _, rest = key.partition(".")
+        if head in _HF_HEADS:  # classifier / cls_classifier / distillation_classifier
+            out[f"{_HF_HEADS[head]}.{rest}"] = value
             continue
         if not key.startswith(prefix):
             raise ValueError(f"unexpected key {key!r} in a transformers ViT/DeiT checkpoint")
