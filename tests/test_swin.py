@@ -174,7 +174,8 @@ def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "pos, has_abs, has_rel", [("rel", False, True), ("abs", True, False), ("none", False, False), ("abs+rel", True, True)]
+    "pos, has_abs, has_rel",
+    [("rel", False, True), ("abs", True, False), ("none", False, False), ("abs+rel", True, True)],
 )
 def test_position_encoding_switch(pos, has_abs, has_rel):
     model = tiny(pos_embed=pos)

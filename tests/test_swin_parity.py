@@ -84,7 +84,7 @@ def hf_to_timm(hf, merge_at_end: bool):
                     out[pre + "attn.qkv." + suffix] = torch.cat(parts)
                 continue
             rest = (
-                rest.replace("attention.relative_position_bias.relative_position_bias_table", "attn.relative_position_bias_table")
+                rest.replace("attention.relative_position_bias.", "attn.")
                 .replace("attention.o_proj", "attn.proj")
                 .replace("layernorm_before", "norm1")
                 .replace("layernorm_after", "norm2")

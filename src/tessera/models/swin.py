@@ -27,7 +27,6 @@ time for its fixed input; at 224 this is why Swin-T's last stage has no shift).
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -42,8 +41,6 @@ from tessera.layers import DropPath, Mlp, PatchEmbed, drop_path_rates, resample_
 from tessera.layers.window_attention import WindowAttention, cached_shift_mask, window_partition, window_reverse
 from tessera.models._base import TesseraModel, replace_config
 from tessera.models._registry import register_model
-
-log = logging.getLogger(__name__)
 
 PosEmbed = Literal["rel", "none", "abs", "abs+rel"]
 

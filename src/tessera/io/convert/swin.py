@@ -107,7 +107,10 @@ _HF_QKV = {
     "attention.k_proj.": 1,
     "attention.v_proj.": 2,
 }
-_HF_TABLE = ("attention.self.relative_position_bias_table", "attention.relative_position_bias.relative_position_bias_table")
+_HF_TABLE = (
+    "attention.self.relative_position_bias_table",
+    "attention.relative_position_bias.relative_position_bias_table",
+)
 
 
 def _from_transformers(state: StateDict) -> StateDict:
