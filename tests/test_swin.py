@@ -150,7 +150,7 @@ def test_mask_is_cached_per_resolution():
 
 def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
     calls = {"roll": 0, "mask": 0}
-    real_roll, real_mask = torch.roll, swin_mod.cached_shift_mask
+    real_roll, real_mask = torch.roll, swin_mod.shift_mask
 
     def roll(*a, **k):
         calls["roll"] += 1
@@ -161,7 +161,7 @@ def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
         return real_mask(*a, **k)
 
     monkeypatch.setattr(torch, "roll", roll)
-    monkeypatch.setattr(swin_mod, "cached_shift_mask", mask)
+    monkeypatch.setattr(swin_mod, "shift_mask", mask)
     shifted, plain = tiny(), tiny(shift=False)
     plain.load_state_dict(shifted.state_dict())
     x = torch.randn(1, 3, 32, 32)

@@ -82,6 +82,13 @@ def cached_shift_mask(
         return shifted_window_mask(grid, window, shift).to(device)
 
 
+def shift_mask(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device) -> Tensor:
+    """The SW-MSA mask for a padded grid: cached in eager mode, a traced constant under torch.compile."""
+    if torch.compiler.is_compiling():  # dynamo would trace through the cache anyway (and warn)
+        return shifted_window_mask(grid, window, shift).to(device)
+    return cached_shift_mask(grid, window, shift, device)
+
+
 @functools.lru_cache(maxsize=64)
 def _sub_window_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
     """(N, N) index into the bias table of a `table_window` for the pairs of a smaller window.

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tessera.layers import DropPath, Mlp, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
-from tessera.layers.window_attention import WindowAttention, cached_shift_mask, window_partition, window_reverse
+from tessera.layers.window_attention import WindowAttention, shift_mask, window_partition, window_reverse
 from tessera.models._base import TesseraModel, replace_config
 from tessera.models._registry import register_model
 
@@ -146,7 +146,7 @@ def window_attention_padded(
     shifted = sh > 0 or sw > 0
     if shifted:
         x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))  # cyclic shift
-    mask = cached_shift_mask((Hp, Wp), window, shift, x.device) if shifted else None  # (nW, N, N)
+    mask = shift_mask((Hp, Wp), window, shift, x.device) if shifted else None  # (nW, N, N), cached
     windows = window_partition(x, window)  # (B, nW, N, C)
     windows = attn(windows, mask, window)  # (B, nW, N, C)
     x = window_reverse(windows, window, (Hp, Wp))  # (B, Hp, Wp, C)
@@ -281,7 +281,6 @@ class SwinTransformer(TesseraModel):
         c = config
         dims = [c.embed_dim * 2**i for i in range(len(c.depths))]
         self.num_features = dims[-1]
-        self.window = to_2tuple(c.window_size)
 
         self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, c.embed_dim, norm=True, pad=True)
         # Absolute position embedding ("abs" ablation), learned on the configured grid.
