@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                 peer_ips = ips.get("peer")
                 ratio = f"{ips['tessera'] / peer_ips:6.2f}" if peer_ips else f"{'-':>6s}"
                 peer_txt = f"{peer_ips:11.1f}" if peer_ips else f"{'-':>11s}"
-                print(f"{key:10s} {dtype:5s} {ips['tessera']:14.1f} {peer_txt} {ratio} {diff:10.2e}", flush=True)
+                diff_txt = f"{diff:10.2e}" if peer is not None else f"{'-':>10s}"
+                print(f"{key:10s} {dtype:5s} {ips['tessera']:14.1f} {peer_txt} {ratio} {diff_txt}", flush=True)
             del ours, peer
     return 0 if ok else 1
 
