@@ -238,3 +238,24 @@ def test_full_swin_tiny_224_and_padded(tmp_path, monkeypatch):
     diffs[250] = max_diff(model, hf, torch.randn(1, 3, 250, 190))
     print("swin-t max-abs logit differences:", diffs)
     assert all(d <= 1e-4 for d in diffs.values()), diffs
+
+
+def test_official_layout_with_absolute_embedding_and_pair_window(tmp_path):
+    """An `ape=True` official checkpoint ((1, N, C) absolute embedding) loads into pos_embed='abs+rel'."""
+    cfg = dict(img_size=32, patch_size=2, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=(4, 2))
+    src = tessera.create_model("swin_tiny_patch4_window7_224", pos_embed="abs+rel", **cfg).eval()
+    official = {}
+    for k, v in src.state_dict().items():
+        if k == "abs_pos_embed":
+            k, v = "absolute_pos_embed", v.reshape(1, -1, v.shape[-1])
+        elif m := re.fullmatch(r"stages\.(\d+)\.patch_merge\.(.+)", k):
+            k = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
+        k = k.replace("stages.", "layers.").replace("attn.rel_pos_bias.table", "attn.relative_position_bias_table")
+        official[k] = v
+    torch.save({"model": official}, tmp_path / "ape.pth")
+    dst = tessera.create_model(
+        "swin_tiny_patch4_window7_224", pos_embed="abs+rel", checkpoint=tmp_path / "ape.pth", **cfg
+    )
+    x = torch.randn(2, 3, 30, 26)
+    with torch.no_grad():
+        assert torch.equal(src(x), dst.eval()(x))
