@@ -249,6 +249,7 @@ def test_config_is_validated():
         SwinConfig(window_size=(7, 0))
 
 
+@pytest.mark.slow
 def test_features_at_a_padded_size():
     cfg = dict(img_size=224, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
     model = tessera.create_model("swin_tiny_patch4_window7_224", **cfg).eval()
@@ -270,6 +271,7 @@ def test_forward_intermediates_agree_with_forward_features():
 # ---------------------------------------------------------------- training features
 
 
+@pytest.mark.slow
 def test_grad_checkpointing_gives_the_same_gradients():
     model = tiny(drop_path_rate=0.0).train()
     x = torch.randn(2, 3, 32, 32)
@@ -282,6 +284,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, ref[n], msg=n)
 
 
+@pytest.mark.slow
 def test_stochastic_depth():
     model = tiny(drop_path_rate=0.5)
     rates = [b.drop_path.p for s in model.stages for b in s.blocks]

@@ -119,6 +119,7 @@ def small_hf():
 SIZES = [(64, 64), (75, 50), (90, 61)]
 
 
+@pytest.mark.slow
 def test_transformers_folder(small_hf, tmp_path):
     small_hf.save_pretrained(tmp_path / "hf")
     model = tessera_model(tmp_path / "hf", 5, 64, **SMALL)
@@ -126,6 +127,7 @@ def test_transformers_folder(small_hf, tmp_path):
         assert max_diff(model, small_hf, torch.randn(2, 3, *hw)) <= 1e-4, hw
 
 
+@pytest.mark.slow
 def test_transformers_module_names(small_hf, tmp_path):
     """transformers 5.x module names (q_proj / k_proj / v_proj / o_proj, mlp.fc1) load too."""
     sd = {k: v.contiguous() for k, v in small_hf.state_dict().items()}
@@ -135,6 +137,7 @@ def test_transformers_module_names(small_hf, tmp_path):
     assert max_diff(model, small_hf, torch.randn(2, 3, 75, 50)) <= 1e-4
 
 
+@pytest.mark.slow
 def test_transformers_swin_model_backbone(small_hf, tmp_path):
     """A SwinModel checkpoint (no `swin.` prefix, no classifier) into a headless model: pooled features agree."""
     sd = {k.removeprefix("swin."): v.contiguous() for k, v in small_hf.state_dict().items() if k.startswith("swin.")}
@@ -147,6 +150,7 @@ def test_transformers_swin_model_backbone(small_hf, tmp_path):
         assert (model(x) - ref).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_timm_layout(small_hf, tmp_path):
     sd = hf_to_timm(small_hf, merge_at_end=False)
     assert "layers.1.downsample.reduction.weight" in sd and "head.fc.weight" in sd
@@ -156,6 +160,7 @@ def test_timm_layout(small_hf, tmp_path):
         assert max_diff(model, small_hf, torch.randn(2, 3, *hw)) <= 1e-4, hw
 
 
+@pytest.mark.slow
 def test_official_pth_with_buffers(small_hf, tmp_path):
     sd = hf_to_timm(small_hf, merge_at_end=True)
     assert "layers.0.downsample.reduction.weight" in sd and "head.weight" in sd
@@ -169,6 +174,7 @@ def test_official_pth_with_buffers(small_hf, tmp_path):
         assert max_diff(model, small_hf, torch.randn(2, 3, *hw)) <= 1e-4, hw
 
 
+@pytest.mark.slow
 def test_window7_checkpoint_into_window12_model(tmp_path):
     torch.manual_seed(2)
     hf = make_hf(56, 3, embed_dim=16, depths=(2,), num_heads=(2,), window_size=7)
