@@ -34,4 +34,5 @@ class DropPath(nn.Module):
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:
     """Linearly increasing drop-path rates over `depth` blocks, 0 for the first."""
-    return torch.linspace(0, rate, depth).tolist() if depth > 1 else [0.0] * depth
+    # Plain Python (no tensor) so models can be built on the meta device.
+    return [rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0] * depth

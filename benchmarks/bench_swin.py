@@ -1,0 +1,150 @@
+"""Swin-T inference speed: tessera against Hugging Face transformers, same weights, one run.
+
+    python benchmarks/bench_swin.py                 # fp32 + bf16, batch 8, 224x224
+    python benchmarks/bench_swin.py --sweep         # latency / memory vs resolution, Swin-T and ViT-B/16
+
+Prints img/s, the ratio to the fastest peer, and the fraction of this
+machine's measured matmul peak. timm is compared where it imports (it needs
+torchvision, which does not load with the CPU torch build used here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import autocast_if, best_time, matmul_peak_gflops, print_table  # noqa: E402
+
+import tessera  # noqa: E402
+
+SWIN_T = "swin_tiny_patch4_window7_224"
+
+
+def hf_swin_tiny():
+    """transformers' SwinForImageClassification with Swin-T's configuration, random weights."""
+    from transformers import SwinConfig, SwinForImageClassification
+
+    cfg = SwinConfig(
+        image_size=224, patch_size=4, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+        window_size=7, num_labels=1000,
+    )
+    return SwinForImageClassification(cfg).eval()
+
+
+def peers_and_ours(folder: Path) -> dict:
+    """{label: (callable(x) -> logits, dtype)} for every library and precision mode compared."""
+    hf = hf_swin_tiny()
+    hf.save_pretrained(folder)
+    ours = tessera.create_model(SWIN_T, checkpoint=folder).eval()
+    hf_bf16 = hf_swin_tiny()
+    hf_bf16.load_state_dict(hf.state_dict())
+    hf_bf16 = hf_bf16.to(torch.bfloat16)
+    ours_bf16 = tessera.create_model(SWIN_T, checkpoint=folder).eval().to(torch.bfloat16)
+    return {
+        ("transformers", "fp32"): lambda x: hf(pixel_values=x).logits,
+        ("tessera", "fp32"): ours,
+        ("transformers", "bf16 autocast"): lambda x: _autocast(lambda y: hf(pixel_values=y).logits, x),
+        ("transformers", "bf16 weights"): lambda x: hf_bf16(pixel_values=x.bfloat16()).logits,
+        ("tessera", "bf16 autocast"): lambda x: _autocast(ours, x),
+        ("tessera", "bf16 weights"): lambda x: ours_bf16(x.bfloat16()),
+    }
+
+
+def _autocast(fn, x):
+    with autocast_if(True):
+        return fn(x)
+
+
+def run_speed(batch: int, size: int, iters: int) -> None:
+    """The fp32 / bf16 table."""
+    x = torch.randn(batch, 3, size, size)
+    macs = tessera.profile(tessera.create_model(SWIN_T), (3, size, size))[1]
+    peak = {"fp32": matmul_peak_gflops(torch.float32)}
+    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+        runs = peers_and_ours(Path(tmp))
+        reference = runs[("transformers", "fp32")](x).float()
+        rows = []
+        for (lib, mode), fn in runs.items():
+            out = fn(x).float()
+            seconds = best_time(lambda: fn(x), warmup=1, iters=iters)
+            ips = batch / seconds
+            rows.append({
+                "library": lib, "mode": mode, "img/s": f"{ips:.1f}", "_ips": ips,
+                "max|diff| vs fp32 peer": f"{(out - reference).abs().max().item():.1e}",
+                "finite": bool(torch.isfinite(out).all()),
+                "%fp32 peak": f"{100 * 2 * macs * ips / 1e9 / peak['fp32']:.0f}%",
+            })
+    for precision in ("fp32", "bf16"):
+        group = [r for r in rows if r["mode"].startswith(precision)]
+        best_peer = max(r["_ips"] for r in group if r["library"] != "tessera")
+        for r in group:
+            r["ratio vs fastest peer"] = f"{r['_ips'] / best_peer:.2f}x"
+    print(f"threads={torch.get_num_threads()} batch={batch} {size}x{size}; "
+          f"measured fp32 matmul peak {peak['fp32']:.0f} GFLOP/s; Swin-T {macs / 1e9:.2f} GMACs/img")
+    print_table(rows, ["library", "mode", "img/s", "ratio vs fastest peer", "%fp32 peak", "max|diff| vs fp32 peer", "finite"])
+
+
+SWEEP_CHILD = r"""
+import json, resource, sys, torch
+sys.path.insert(0, {bench!r})
+from common import best_time
+import tessera
+torch.set_num_threads({threads})
+model = tessera.create_model({name!r}, img_size={size}, {extra}).eval()
+x = torch.randn(1, 3, {size}, {size})
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with torch.inference_mode():
+    seconds = best_time(lambda: model(x), warmup=1, iters={iters})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({{"seconds": seconds, "mem_mib": (peak - base) / 1024}}))
+"""
+
+
+def run_sweep(sizes: list[int], iters: int) -> None:
+    """Latency and activation memory against pixel count; the log-log slope tells linear from quadratic."""
+    models = {SWIN_T: "", "vit_base_patch16_224": "dynamic_img_size=True"}
+    rows = []
+    for name, extra in models.items():
+        points = []
+        for size in sizes:
+            code = SWEEP_CHILD.format(bench=str(Path(__file__).parent), threads=torch.get_num_threads(),
+                                      name=name, size=size, extra=extra, iters=iters)
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            points.append((size * size, m["seconds"]))
+            rows.append({"model": name, "size": size, "latency ms": f"{1e3 * m['seconds']:.0f}",
+                         "peak activation MiB": f"{m['mem_mib']:.0f}"})
+        xs = [math.log(p) for p, _ in points]
+        ys = [math.log(s) for _, s in points]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+        rows.append({"model": name, "size": "slope", "latency ms": f"{slope:.2f} (log latency / log pixels)"})
+    print_table(rows, ["model", "size", "latency ms", "peak activation MiB"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--sweep", action="store_true", help="resolution sweep instead of the speed table")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 672, 896, 1120])
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.sweep:
+        run_sweep(args.sizes, args.iters)
+    else:
+        run_speed(args.batch, args.size, args.iters)
+
+
+if __name__ == "__main__":
+    main()
