@@ -187,6 +187,22 @@ class StepSeed(L.Callback):
         torch.manual_seed(sample_seed(base, position, -1 - trainer.global_rank))
 
 
+class RestoreLoaderState(L.Callback):
+    """Hand the checkpointed loader state (epoch, batches done) to the training loader on resume.
+
+    Lightning restores it only when it builds the train loader after loading
+    the checkpoint; a task whose `configure_optimizers` reads
+    `trainer.estimated_stepping_batches` builds it earlier, and the state
+    would be dropped (the interrupted epoch would restart). Our loaders start
+    iterating lazily, so restoring here, before the first batch, is in time.
+    """
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loop = trainer.fit_loop
+        if loop.restarting and getattr(loop, "_combined_loader_states_to_load", None):
+            loop._load_combined_loader_states()  # private in Lightning 2.x; see the docstring
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 

@@ -89,7 +89,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
     from lightning.pytorch.loggers import CSVLogger
 
-    from tessera.train.callbacks import ExportPretrained, FiniteLossCheck, PlotMetrics, StepSeed
+    from tessera.train.callbacks import ExportPretrained, FiniteLossCheck, PlotMetrics, RestoreLoaderState, StepSeed
     from tessera.train.checkpoint_io import AtomicCheckpointIO
 
     _import_tasks()
@@ -146,7 +146,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
         subclass_mode_data=True,
         trainer_defaults={
             "default_root_dir": "runs/tessera",
-            "callbacks": [StepSeed(), FiniteLossCheck(), ExportPretrained(), PlotMetrics()],
+            "callbacks": [StepSeed(), RestoreLoaderState(), FiniteLossCheck(), ExportPretrained(), PlotMetrics()],
         },
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
