@@ -7,7 +7,7 @@ import torch
 
 import tessera
 from tessera.layers import RelativePositionBias, WindowAttention, shifted_window_mask, window_partition, window_reverse
-from tessera.layers.window_attention import MASK_VALUE
+from tessera.layers.window_attention import MASK_VALUE, window_order
 from tessera.models import swin as swin_mod
 from tessera.models.swin import SwinConfig, SwinTransformer, stage_window, window_attention_padded
 
@@ -149,28 +149,41 @@ def test_mask_is_cached_per_resolution():
 
 
 def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
-    calls = {"roll": 0, "mask": 0}
-    real_roll, real_mask = torch.roll, swin_mod.shift_mask
+    # The cyclic shift is part of the window gather (`shifted_window_order`): record its shifts.
+    calls = {"shifts": [], "mask": 0}
+    real_order, real_mask = swin_mod.shifted_window_order, swin_mod.shift_mask
 
-    def roll(*a, **k):
-        calls["roll"] += 1
-        return real_roll(*a, **k)
+    def order(grid, window, shift, device):
+        calls["shifts"].append(shift)
+        return real_order(grid, window, shift, device)
 
     def mask(*a, **k):
         calls["mask"] += 1
         return real_mask(*a, **k)
 
-    monkeypatch.setattr(torch, "roll", roll)
+    monkeypatch.setattr(swin_mod, "shifted_window_order", order)
     monkeypatch.setattr(swin_mod, "shift_mask", mask)
     shifted, plain = tiny(), tiny(shift=False)
     plain.load_state_dict(shifted.state_dict())
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         y_plain = plain(x)
-        assert calls == {"roll": 0, "mask": 0}
+        assert calls == {"shifts": [(0, 0)] * 4, "mask": 0}
+        calls["shifts"].clear()
         y_shift = shifted(x)
-    assert calls == {"roll": 4, "mask": 2}  # one SW-MSA block per stage, roll there and back
+    assert calls == {"shifts": [(0, 0), (2, 2)] * 2, "mask": 2}  # one SW-MSA block per stage
     assert not torch.allclose(y_plain, y_shift)
+
+
+def test_window_gather_equals_roll_and_partition():
+    """The one-gather shift + partition (and its inverse) equal torch.roll + window_partition."""
+    x = torch.randn(2, 12, 10, 3)
+    for window, shift in [((4, 5), (2, 2)), ((6, 5), (3, 2)), ((4, 5), (0, 0))]:
+        to_windows, to_grid = window_order((12, 10), window, shift)
+        rolled = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
+        windows = x.flatten(1, 2)[:, to_windows]
+        assert torch.equal(windows, window_partition(rolled, window).flatten(1, 2))
+        assert torch.equal(windows[:, to_grid], x.flatten(1, 2))
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,42 @@ def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: t
     return torch.zeros(same.shape).masked_fill_(~same, MASK_VALUE)
 
 
+def window_order(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Cyclic shift + window partition of an (already padded) (H, W) grid as one token permutation.
+
+    Returns `(to_windows, to_grid)`, two (H*W,) indices: for x of shape
+    (B, H, W, C), `x.flatten(1, 2)[:, to_windows]` equals
+    `window_partition(torch.roll(x, (-s_h, -s_w), (1, 2)), window)` flattened
+    to (B, nW*N, C), and `windows[:, to_grid]` undoes it. One gather instead
+    of a roll and a partition (each a full copy of the map, the roll two).
+    """
+    H, W = grid
+    (sh, sw) = shift
+    rows = (torch.arange(H) + sh) % H  # after a roll by -s, row r holds row r + s
+    cols = (torch.arange(W) + sw) % W
+    index = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # (1, H, W, 1) source token ids
+    to_windows = window_partition(index, window).reshape(-1)  # (nW * N,)
+    return to_windows, torch.argsort(to_windows)
+
+
+@functools.lru_cache(maxsize=64)
+def cached_window_order(
+    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """`window_order` computed once per (grid, window, shift, device), outside inference mode."""
+    with torch.inference_mode(False), torch.no_grad():
+        return tuple(t.to(device) for t in window_order(grid, window, shift))
+
+
+def shifted_window_order(
+    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The gathers of `window_order`: cached in eager mode, traced constants under torch.compile."""
+    if torch.compiler.is_compiling():
+        return tuple(t.to(device) for t in window_order(grid, window, shift))
+    return cached_window_order(grid, window, shift, device)
+
+
 @functools.lru_cache(maxsize=64)
 def cached_shift_mask(
     grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
@@ -136,6 +172,9 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_bias = RelativePositionBias(self.window, num_heads) if rel_pos else None
         self.fused = True  # False: the explicit softmax reference path of `attend`
+        # (bias + mask) of the last call, reused while nothing it depends on changes;
+        # inference only, a plain attribute (derived, never in the state_dict).
+        self._bias_cache: tuple[tuple, Tensor | None] | None = None
 
     def relative_bias(self, window: tuple[int, int] | None = None) -> Tensor | None:
         """B of the notes, shape (h, N, N), for `window` (default: the learned one) or None without it.
@@ -154,6 +193,37 @@ class WindowAttention(nn.Module):
         N = index.shape[0]
         return self.rel_pos_bias.table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1)
 
+    def window_bias(self, mask: Tensor | None, window: tuple[int, int] | None, dtype: torch.dtype) -> Tensor | None:
+        """B + mask, shape (nW, h, N, N) with a shift mask, (1, h, N, N) without, or None with neither.
+
+        Without autograd (inference) the sum is cached and rebuilt only when
+        the table (its storage or version counter, bumped by every in-place
+        update such as `load_state_dict` or an optimizer step), the mask, the
+        window or the dtype change: recomputing it costs a gather and an add
+        over (nW, h, N, N) in every block of every forward.
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._window_bias(mask, window, dtype)  # differentiable / traced
+        table = None if self.rel_pos_bias is None else self.rel_pos_bias.table
+        key = (
+            window, dtype, mask,  # the mask is compared by identity (it is cached by `shift_mask`)
+            None if table is None else (table.data_ptr(), table._version, table.device),
+        )
+        if self._bias_cache is None or not _same_key(self._bias_cache[0], key):
+            self._bias_cache = (key, self._window_bias(mask, window, dtype))
+        return self._bias_cache[1]
+
+    def _window_bias(self, mask: Tensor | None, window: tuple[int, int] | None, dtype: torch.dtype) -> Tensor | None:
+        bias = self.relative_bias(window)  # (h, N, N) or None
+        if mask is not None:
+            mask = mask[:, None]  # (nW, 1, N, N): the same mask for every head
+            bias = mask if bias is None else bias + mask  # (nW, h, N, N) or (nW, 1, N, N)
+        if bias is None:
+            return None
+        bias = bias if bias.ndim == 4 else bias[None]  # (1, h, N, N): shared by all windows
+        N = bias.shape[-1]
+        return bias.expand(-1, self.num_heads, N, N).to(dtype).contiguous()
+
     def forward(self, x: Tensor, mask: Tensor | None = None, window: tuple[int, int] | None = None) -> Tensor:
         """Attention within each window.
 
@@ -165,11 +235,21 @@ class WindowAttention(nn.Module):
         Returns:
             (B, nW, N, C): Softmax(Q K^T / sqrt(d) + B + mask) V, projected.
         """
-        q, k, v = rearrange(self.qkv(x), "B nW N (three h d) -> three B nW h N d", three=3, h=self.num_heads)
-        bias = self.relative_bias(window)  # (h, N, N) or None
-        if mask is not None:
-            mask = mask[:, None]  # (nW, 1, N, N): the same mask for every head
-            bias = mask if bias is None else bias + mask  # (nW, h, N, N)
-        x = attend(q, k, v, bias, self.fused)  # (B, nW, h, N, d)
-        x = rearrange(x, "B nW h N d -> B nW N (h d)")
+        B = x.shape[0]
+        bias = self.window_bias(mask, window, x.dtype)  # (nb, h, N, N), nb = nW (shift mask) or 1
+        nb = 1 if bias is None else bias.shape[0]
+        # SDPA's fused CPU kernel wants 4-D tensors (5-D ones fall back to the slow reference):
+        # windows with the same bias fold into the batch axis, windows with their own bias
+        # (the shift mask) into the head axis, so the bias broadcasts over the batch; the
+        # bias must be 4-D as well for the fused kernel.
+        qkv = self.qkv(x)  # (B, nW, N, 3C)
+        q, k, v = rearrange(qkv, "B (g nb) N (three h d) -> three (B g) (nb h) N d", nb=nb, three=3, h=self.num_heads)
+        bias = None if bias is None else bias.flatten(0, 1)[None]  # (1, nb h, N, N)
+        x = attend(q, k, v, bias, self.fused)  # (B g, nb h, N, d)
+        x = rearrange(x, "(B g) (nb h) N d -> B (g nb) N (h d)", B=B, h=self.num_heads)
         return self.proj_drop(self.proj(x))
+
+
+def _same_key(a: tuple, b: tuple) -> bool:
+    """Cache keys are equal: tensors (the mask) by identity, everything else by value."""
+    return len(a) == len(b) and all(x is y if isinstance(x, Tensor) else x == y for x, y in zip(a, b))

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from tessera.layers import DropPath, Mlp, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
-from tessera.layers.window_attention import WindowAttention, shift_mask, window_partition, window_reverse
+from tessera.layers.window_attention import WindowAttention, shift_mask, shifted_window_order
 from tessera.models._base import TesseraModel, replace_config
 from tessera.models._registry import register_model
 
@@ -136,22 +136,20 @@ def window_attention_padded(
 
     Pad to window multiples (zeros, after the LayerNorm, as the official
     detection backbone), cyclic shift, partition, attend, merge, shift back,
-    crop. The shift mask is computed on the padded map; padded tokens are
+    crop. The shift and the partition are one token gather (`window_order`). The shift mask is computed on the padded map; padded tokens are
     not masked otherwise (same as the official code and transformers).
     """
     B, H, W, C = x.shape
     (wh, ww), (sh, sw) = window, shift
-    x = F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))  # (B, Hp, Wp, C)
+    if H % wh or W % ww:
+        x = F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))  # (B, Hp, Wp, C)
     Hp, Wp = x.shape[1], x.shape[2]
-    shifted = sh > 0 or sw > 0
-    if shifted:
-        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))  # cyclic shift
-    mask = shift_mask((Hp, Wp), window, shift, x.device) if shifted else None  # (nW, N, N), cached
-    windows = window_partition(x, window)  # (B, nW, N, C)
+    mask = shift_mask((Hp, Wp), window, shift, x.device) if sh or sw else None  # (nW, N, N), cached
+    # cyclic shift + partition as one gather of tokens (and its inverse), cached per resolution
+    to_windows, to_grid = shifted_window_order((Hp, Wp), window, shift, x.device)
+    windows = x.flatten(1, 2).index_select(1, to_windows).view(B, -1, wh * ww, C)  # (B, nW, N, C)
     windows = attn(windows, mask, window)  # (B, nW, N, C)
-    x = window_reverse(windows, window, (Hp, Wp))  # (B, Hp, Wp, C)
-    if shifted:
-        x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))  # reverse cyclic shift
+    x = windows.flatten(1, 2).index_select(1, to_grid).view(B, Hp, Wp, C)  # merge + reverse shift
     return x[:, :H, :W]  # crop the padding
 
 
