@@ -1,0 +1,74 @@
+"""The `tessera` training command: default recipe, configs, any LightningModule by class_path, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tessera.cli import main
+from tessera.train.cli import DEFAULT_RECIPE, build_cli, lightning_main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_default_recipe_file_matches_the_builtin_one():
+    # `tessera fit` with no --config trains DEFAULT_RECIPE; configs/digits_swin.yaml documents it
+    assert yaml.safe_load((CONFIGS / "digits_swin.yaml").read_text()) == DEFAULT_RECIPE
+    init = DEFAULT_RECIPE["model"]["init_args"]
+    assert init["model_name"] == "swin_tiny_patch4_window7_224"
+    assert DEFAULT_RECIPE["data"]["class_path"] == "tessera.data.DigitsDataModule"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("ddpm_"))
+)
+def test_configs_parse_and_instantiate(name, tmp_path):
+    cli = build_cli(
+        ["fit", "--config", str(CONFIGS / name), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+         "--trainer.strategy", "auto", "--trainer.precision", "32-true",
+         "--trainer.default_root_dir", str(tmp_path)],
+        run=False,
+    )
+    assert cli.model.hparams.model_name
+    assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
+    assert cli.trainer.checkpoint_callback.save_last is True
+
+
+@pytest.mark.slow
+def test_any_lightning_module_by_class_path(tmp_path):
+    # subclass mode: modules that are not tessera's train through the same command and run folder
+    cfg = {
+        "trainer": {"max_steps": 3, "limit_val_batches": 1, "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path / "run")},
+        "model": {"class_path": "lightning.pytorch.demos.boring_classes.BoringModel"},
+        "data": {"class_path": "lightning.pytorch.demos.boring_classes.BoringDataModule"},
+        "checkpoint": {"every_n_train_steps": 1},
+        "test_after_fit": False,
+    }
+    path = tmp_path / "boring.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert lightning_main(["fit", "--config", str(path)]) == 0
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "model.safetensors").is_file() and (run / "config.yaml").is_file()
+
+
+def test_predict_on_a_folder_that_is_not_a_run_is_one_line_error(tmp_path, capsys):
+    img = tmp_path / "x.png"
+    img.write_bytes(b"")
+    assert main(["predict", "--checkpoint", str(tmp_path), "--images", str(img)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("tessera predict: error:") and "not an exported tessera run" in err
+    assert "\n" not in err
+
+
+@pytest.mark.slow
+def test_fit_help_lists_lightning_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--trainer.max_epochs" in out and "--ckpt_path" in out and "--checkpoint.every_n_train_steps" in out
