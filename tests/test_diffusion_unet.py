@@ -41,6 +41,7 @@ def test_forward_shape_grad_and_time_dependence():
         assert torch.allclose(model(x, 7), model(x, torch.tensor([7, 7])))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "kw",
     [dict(), dict(num_classes=4, head_dim=8), dict(widths=(16, 32, 32), depth=2, attn_resolutions=(16, 4))],
@@ -81,6 +82,7 @@ def test_state_dict_round_trip_and_checkpoint_converter(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
 
 
+@pytest.mark.slow
 def test_save_pretrained_round_trip(tmp_path):
     model = _tiny().eval()
     model.save_pretrained(tmp_path / "unet")
@@ -100,6 +102,7 @@ def test_cifar10_preset_has_35_7m_parameters():
     assert config_from_diffusers(cfg) == model.config
 
 
+@pytest.mark.slow
 def test_digits_preset_forward():
     model = create_unet("unet_digits").eval()
     with torch.no_grad():
