@@ -145,6 +145,82 @@ def test_mask_is_cached_per_resolution():
     assert a is b and not a.is_inference() and not a.requires_grad
 
 
+def _plain_window_attention(attn, x, mask):
+    """The 5-D reference: Softmax(Q K^T / sqrt(d) + B + mask) V per window, explicit softmax."""
+    B, nW, N, C = x.shape
+    h = attn.num_heads
+    q, k, v = attn.qkv(x).reshape(B, nW, N, 3, h, C // h).permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, N, d) each
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C // h) + attn.relative_bias() + mask[:, None]
+    out = (scores.softmax(-1) @ v).transpose(2, 3).reshape(B, nW, N, C)
+    return attn.proj(out)
+
+
+def test_window_attention_equals_plain_path_with_and_without_cache():
+    attn = WindowAttention(16, 2, (4, 4)).eval()
+    mask = shifted_window_mask((8, 8), (4, 4), (2, 2))
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        attn.rel_pos_bias.table.normal_()
+        ref = _plain_window_attention(attn, x, mask)
+    torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)  # autograd on: no cache
+    assert attn._bias_cache is None
+    with torch.inference_mode():
+        torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)  # builds the cache
+        cached = attn._bias_cache[1]
+        torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)  # reads it
+        assert attn._bias_cache[1] is cached
+        attn(x)  # W-MSA (no mask): another key, rebuilt
+        assert attn._bias_cache[1].shape == (1, 2, 16, 16)
+    assert not any("cache" in k for k in attn.state_dict())
+
+
+def test_bias_cache_follows_weight_changes():
+    """load_state_dict, in-place updates and a replaced table all invalidate the cached B + mask."""
+    model = tiny()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        before = model(x)
+    other = tiny()
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if name.endswith("rel_pos_bias.table"):
+                p.normal_()
+    model.load_state_dict(other.state_dict())  # copies into the same tensors: version counters move
+    with torch.inference_mode():
+        after = model(x)
+        torch.testing.assert_close(after, other(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(before, after)
+    table = model.stages[0].blocks[1].attn.rel_pos_bias.table
+    with torch.no_grad():
+        table.mul_(5.0)  # an in-place step (a constant shift would cancel in the softmax)
+        assert not torch.allclose(model(x), after)
+        table.div_(5.0)
+        torch.testing.assert_close(model(x), after, atol=1e-5, rtol=1e-5)
+
+
+def test_training_mode_gets_fresh_bias_and_gradients_to_the_table():
+    model = tiny().train()
+    with torch.inference_mode():
+        model.eval()(torch.randn(1, 3, 32, 32))  # fill the caches
+    model.train()
+    model(torch.randn(2, 3, 32, 32)).square().mean().backward()
+    for name, p in model.named_parameters():
+        if name.endswith("rel_pos_bias.table"):
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_model_built_in_inference_mode_recomputes_the_bias():
+    """Inference tensors have no version counter: the bias is not cached for them, never stale."""
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        model = tiny()
+        before = model(x)
+        for name, p in model.named_parameters():
+            if name.endswith("rel_pos_bias.table"):
+                p.mul_(5.0)
+        assert not torch.allclose(model(x), before)
+
+
 # ---------------------------------------------------------------- ablation switches
 
 

@@ -172,6 +172,10 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_bias = RelativePositionBias(self.window, num_heads) if rel_pos else None
         self.fused = True  # False: the explicit softmax reference path of `attend`
+        # dtype of the attention matmuls, None: the input's. Set explicitly by
+        # `tessera.inference.optimize_for_inference` (fp32 math for bf16 weights on CPUs
+        # without bf16 arithmetic); never chosen here.
+        self.matmul_dtype: torch.dtype | None = None
         # (bias + mask) of the last call, reused while nothing it depends on changes;
         # inference only, a plain attribute (derived, never in the state_dict).
         self._bias_cache: tuple[tuple, Tensor | None] | None = None
@@ -202,9 +206,10 @@ class WindowAttention(nn.Module):
         window or the dtype change: recomputing it costs a gather and an add
         over (nW, h, N, N) in every block of every forward.
         """
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._window_bias(mask, window, dtype)  # differentiable / traced
         table = None if self.rel_pos_bias is None else self.rel_pos_bias.table
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or (table is not None and table.is_inference()):
+            # differentiable / traced / a table built in inference mode, which has no version counter
+            return self._window_bias(mask, window, dtype)
         key = (
             window, dtype, mask,  # the mask is compared by identity (it is cached by `shift_mask`)
             None if table is None else (table.data_ptr(), table._version, table.device),
@@ -235,18 +240,20 @@ class WindowAttention(nn.Module):
         Returns:
             (B, nW, N, C): Softmax(Q K^T / sqrt(d) + B + mask) V, projected.
         """
-        B = x.shape[0]
-        bias = self.window_bias(mask, window, x.dtype)  # (nb, h, N, N), nb = nW (shift mask) or 1
+        B, dtype = x.shape[0], x.dtype
+        bias = self.window_bias(mask, window, self.matmul_dtype or x.dtype)  # (nb, h, N, N), nb = nW or 1
         nb = 1 if bias is None else bias.shape[0]
         # SDPA's fused CPU kernel wants 4-D tensors (5-D ones fall back to the slow reference):
         # windows with the same bias fold into the batch axis, windows with their own bias
         # (the shift mask) into the head axis, so the bias broadcasts over the batch; the
         # bias must be 4-D as well for the fused kernel.
         qkv = self.qkv(x)  # (B, nW, N, 3C)
+        if self.matmul_dtype is not None:
+            qkv = qkv.to(self.matmul_dtype)
         q, k, v = rearrange(qkv, "B (g nb) N (three h d) -> three (B g) (nb h) N d", nb=nb, three=3, h=self.num_heads)
         bias = None if bias is None else bias.flatten(0, 1)[None]  # (1, nb h, N, N)
         x = attend(q, k, v, bias, self.fused)  # (B g, nb h, N, d)
-        x = rearrange(x, "(B g) (nb h) N d -> B (g nb) N (h d)", B=B, h=self.num_heads)
+        x = rearrange(x, "(B g) (nb h) N d -> B (g nb) N (h d)", B=B, h=self.num_heads).to(dtype)
         return self.proj_drop(self.proj(x))
 
 

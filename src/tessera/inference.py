@@ -1,0 +1,101 @@
+"""Opt-in inference optimisations for CPU: oneDNN linear layers with fused epilogues.
+
+    model = tessera.create_model("swin_tiny_patch4_window7_224", checkpoint=...).eval()
+    optimize_for_inference(model)                                  # fp32, same numbers (~1e-6)
+    optimize_for_inference(model.to(torch.bfloat16), matmul_dtype=torch.float32)
+
+What it does, in place, keeping every parameter (and so the state_dict):
+
+- every `nn.Linear` becomes an `InferenceLinear`: oneDNN's inner product,
+  with the bias added inside the GEMM instead of a separate pass over the
+  output (aten's `addmm` first copies the bias into every output row);
+- the GELU of each `Mlp` moves into its fc1 as a oneDNN post-op, so the
+  hidden activations (4C wide, the largest tensor of a block) are written
+  once instead of written, read and written again;
+- `matmul_dtype=torch.float32` on a bf16 (or fp16) model: weights and
+  activations stay in bf16 (half the memory), every linear layer and window
+  attention up-casts its operands and runs its matmuls in fp32, then rounds
+  back. This is the mode for CPUs without bf16 arithmetic (AVX2, no
+  AVX512-BF16 / AMX), where bf16 matmuls are emulated and about ten times
+  slower than fp32 ones. It is explicit: nothing dispatches on dtype unless
+  asked to here.
+
+With autograd enabled (training), every module falls back to the plain
+path (`F.linear`, then the activation), so gradients are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from tessera.layers.mlp import Mlp
+from tessera.layers.window_attention import WindowAttention
+
+Activation = Literal["none", "gelu"]
+
+
+class InferenceLinear(nn.Module):
+    """y = act(x W^T + b) through oneDNN without autograd, `F.linear` + act with it.
+
+    Args:
+        linear: the layer to replace; its weight and bias are shared, not copied.
+        activation: epilogue fused into the GEMM ("gelu": exact, erf-based GELU).
+        matmul_dtype: dtype of the GEMM (None: the input's); the output is cast back.
+    """
+
+    def __init__(
+        self, linear: nn.Linear, activation: Activation = "none", matmul_dtype: torch.dtype | None = None
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.activation = activation
+        self.matmul_dtype = matmul_dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., in_features) -> (..., out_features)."""
+        dtype = x.dtype
+        w, b = self.weight, self.bias
+        if self.matmul_dtype is not None:  # the explicit fp32-matmul mode of low-precision models
+            x, w = x.to(self.matmul_dtype), w.to(self.matmul_dtype)
+            b = None if b is None else b.to(self.matmul_dtype)
+        if torch.is_grad_enabled() or x.device.type != "cpu":
+            y = F.linear(x, w, b)  # the plain path: autograd and non-CPU devices
+            y = F.gelu(y) if self.activation == "gelu" else y
+        else:
+            y = torch.ops.mkldnn._linear_pointwise(x, w, b, self.activation, [], "none" if self.activation == "gelu" else "")
+        return y.to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}, " \
+            f"matmul_dtype={self.matmul_dtype}"
+
+
+def optimize_for_inference(model: nn.Module, matmul_dtype: torch.dtype | None = None) -> nn.Module:
+    """Swap in `InferenceLinear`s (GELU fused into each Mlp's fc1) in place and return the model.
+
+    Args:
+        model: any tessera model; parameters are shared, so its state_dict and
+            `load_state_dict` keep working (same keys).
+        matmul_dtype: None: matmuls in the model's dtype. torch.float32 on a
+            bf16 / fp16 model: low-precision storage, fp32 matmuls (linear
+            layers and window attention), see the module docstring.
+
+    Returns:
+        The same model object.
+    """
+    for module in list(model.modules()):
+        if isinstance(module, Mlp) and type(module.act) is nn.GELU and module.act.approximate == "none":
+            module.fc1 = InferenceLinear(module.fc1, "gelu", matmul_dtype)
+            module.act = nn.Identity()  # now inside fc1
+        if isinstance(module, WindowAttention):
+            module.matmul_dtype = matmul_dtype
+        for name, child in module.named_children():
+            if type(child) is nn.Linear:
+                setattr(module, name, InferenceLinear(child, "none", matmul_dtype))
+    return model

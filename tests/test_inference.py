@@ -1,0 +1,78 @@
+"""Opt-in inference optimisations: same numbers as the plain path, same parameters, autograd untouched."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import tessera
+from tessera.inference import InferenceLinear, optimize_for_inference
+from tessera.layers import Mlp
+
+TINY = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4)
+
+
+def tiny_swin():
+    torch.manual_seed(0)
+    return tessera.create_model("swin_tiny_patch4_window7_224", **TINY).eval()
+
+
+def test_inference_linear_equals_linear_and_gelu():
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 40)
+    x = torch.randn(3, 5, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(InferenceLinear(lin)(x), lin(x), atol=1e-5, rtol=1e-5)
+        fused = InferenceLinear(lin, "gelu")(x)
+        torch.testing.assert_close(fused, nn.functional.gelu(lin(x)), atol=1e-5, rtol=1e-5)
+    assert InferenceLinear(lin).weight is lin.weight  # shared, not copied
+
+
+def test_optimized_swin_equals_plain_path_and_keeps_the_state_dict():
+    plain = tiny_swin()
+    fast = optimize_for_inference(copy.deepcopy(plain))
+    assert not any(type(m) is nn.Linear for m in fast.modules())
+    mlp = next(m for m in fast.modules() if isinstance(m, Mlp))
+    assert mlp.fc1.activation == "gelu" and isinstance(mlp.act, nn.Identity)
+    assert fast.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 3, 32, 30)  # padded windows and shift masks
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-5)
+    # weights loaded after the swap are used (parameters are shared with the swapped modules)
+    other = tiny_swin()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    fast.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), other(x), atol=1e-5, rtol=1e-5)
+
+
+def test_optimized_model_trains_like_the_plain_one():
+    plain = tiny_swin().train()
+    fast = optimize_for_inference(copy.deepcopy(plain)).train()
+    x = torch.randn(2, 3, 32, 32)
+    grads = []
+    for model in (plain, fast):
+        torch.manual_seed(1)  # same stochastic-depth draws
+        model(x).square().mean().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    assert grads[0].keys() == grads[1].keys()
+    for name, g in grads[0].items():
+        assert grads[1][name] is not None, name
+        torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_weights_with_fp32_matmuls(dtype):
+    """bf16 / fp16 storage, fp32 matmuls: finite, close to fp32, parameters stay low precision."""
+    plain = tiny_swin()
+    low = optimize_for_inference(copy.deepcopy(plain).to(dtype), matmul_dtype=torch.float32)
+    assert all(p.dtype == dtype for p in low.parameters())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        y = low(x.to(dtype))
+        ref = plain(x)
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), ref, atol=5e-2, rtol=5e-2)
