@@ -29,6 +29,7 @@ def _randomise(model):
     return model
 
 
+@pytest.mark.slow
 def test_forward_shape_grad_and_time_dependence():
     model = _tiny(in_chans=1)
     x = torch.randn(2, 1, 16, 16)

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="diffusion run folder")
     p.add_argument("--classifier", required=True, help="exported classifier run folder (tessera fit)")
     p.add_argument("--num", type=int, default=256, help="generated images per sampler")
-    p.add_argument("--samplers", default="ddpm1000,ddim50,ddim20", help="comma list: ddpm1000, ddimN")
+    p.add_argument("--samplers", default="ddpm1000,ddim50,ddim20", help="comma list: ddpm1000, ddimN (+clip: clamp x0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", default=None, help="write the results as JSON here")
@@ -143,10 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     hist_real = torch.bincount(y_real, minlength=10).tolist()
     results["real_test_histogram"] = hist_real
     for name in args.samplers.split(","):
-        if name.startswith("ddpm"):
-            sampler = DDPMSampler(schedule, prediction=spec["prediction"])
+        kind, _, option = name.partition("+")      # e.g. "ddim50", "ddpm1000+clip"
+        clip = option == "clip"
+        if kind.startswith("ddpm"):
+            sampler = DDPMSampler(schedule, prediction=spec["prediction"], clip_x0=clip)
+        elif kind.startswith("ddim"):
+            sampler = DDIMSampler(schedule, steps=int(kind[4:]), prediction=spec["prediction"], clip_x0=clip)
         else:
-            sampler = DDIMSampler(schedule, steps=int(name[4:]), prediction=spec["prediction"])
+            raise ValueError(f"unknown sampler {name!r}: use ddpm1000, ddimN, optionally with +clip")
         gen = torch.Generator().manual_seed(args.seed)
         start = time.time()
         xs = []
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.grids:
             from tessera.diffusion.images import save_grid
 
-            save_grid(x[:64], Path(args.grids) / f"{name}.png", scale=4 if h <= 16 else 2)
+            save_grid(x[:64], Path(args.grids) / f"{name.replace('+', '_')}.png", scale=4 if h <= 16 else 2)
         print(f"{name}: {results[name]}", file=sys.stderr)
     text = json.dumps(results, indent=2)
     print(text)

@@ -64,6 +64,7 @@ class DiffusionTask(L.LightningModule):
         num_samples: images in the sample grid written after each validation epoch (0: none).
         sample_steps: DDIM steps for that grid.
         sample_seed: seed of the grid's noise (the same noise every epoch, so grids compare).
+        sample_clip_x0: clamp the predicted x0 to [-1, 1] in the grid's sampler (off, as in the notes).
     """
 
     monitor: tuple[str, str] = ("val/loss", "min")
@@ -87,6 +88,7 @@ class DiffusionTask(L.LightningModule):
         num_samples: int = 64,
         sample_steps: int = 50,
         sample_seed: int = 0,
+        sample_clip_x0: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= ema_decay < 1:
@@ -191,7 +193,9 @@ class DiffusionTask(L.LightningModule):
     def sample(self, n: int, steps: int = 50, seed: int = 0) -> Tensor:
         """n samples (n, C, H, W) in about [-1, 1] from the current weights with DDIM(steps, eta=0)."""
         c, h, w = self.model.input_size
-        sampler = DDIMSampler(self.schedule, steps=steps, prediction=self.hparams.prediction)
+        sampler = DDIMSampler(
+            self.schedule, steps=steps, prediction=self.hparams.prediction, clip_x0=self.hparams.sample_clip_x0
+        )
         y = torch.arange(n, device=self.device) % self.model.config.num_classes if self.hparams.class_conditional else None
         was_training = self.model.training
         self.model.eval()
