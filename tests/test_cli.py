@@ -72,3 +72,13 @@ def test_fit_help_lists_lightning_options(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "--trainer.max_epochs" in out and "--ckpt_path" in out and "--checkpoint.every_n_train_steps" in out
+
+
+@pytest.mark.slow
+def test_fit_on_an_empty_image_folder_fails_before_training(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["fit", "--data", "tessera.data.ImageFolderDataModule", "--data.root", str(tmp_path / "empty"),
+                 "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no class subfolders" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

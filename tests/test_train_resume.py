@@ -58,6 +58,7 @@ def _argv(root: Path, *extra: str) -> list[str]:
         "--data.init_args.batch_size", "128",
         "--checkpoint.every_n_train_steps", "2",
         "--test_after_fit", "false",
+        "--trainer.log_every_n_steps", "1",
         *extra,
     ]
 
@@ -97,6 +98,12 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted(tmp_path):
         assert torch.equal(a["tessera_ema"]["shadow"][key], b["tessera_ema"]["shadow"][key]), key
     sa, sb = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    # the metrics history survives the kill: every step's loss, equal to the uninterrupted run's
+    from tessera.train.callbacks import read_metrics
+
+    ma, mb = read_metrics(tmp_path / "ref" / "metrics.csv"), read_metrics(tmp_path / "cut" / "metrics.csv")
+    assert [s for s, _ in mb["train/loss"]] == list(range(18))
+    assert mb["train/loss"] == ma["train/loss"]
 
 
 @pytest.mark.slow

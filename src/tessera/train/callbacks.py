@@ -292,6 +292,39 @@ class ExportPretrained(L.Callback):
         log.info("exported weights to %s", run_dir(trainer))
 
 
+# ------------------------------------------------------------------- metrics CSV
+
+
+def run_logger(root: str | Path, flush_every: int = 50) -> Any:
+    """A CSV logger writing `root/metrics.csv` that appends to an existing file instead of deleting it.
+
+    Lightning's CSVLogger removes an existing metrics.csv when it starts, which
+    would lose the history of a resumed run (and a `tessera test` on a run
+    folder would wipe its training curves). Columns new to the file are merged
+    into its header.
+    """
+    from lightning.fabric.loggers.logger import rank_zero_experiment
+    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+
+    class AppendingWriter(ExperimentWriter):
+        def _check_log_dir_exists(self) -> None:
+            if os.path.isfile(self.metrics_file_path):
+                with open(self.metrics_file_path, newline="") as f:
+                    self.metrics_keys = next(csv.reader(f), [])
+
+    class RunCSVLogger(CSVLogger):
+        @property
+        @rank_zero_experiment
+        def experiment(self) -> ExperimentWriter:
+            if self._experiment is None:
+                os.makedirs(self.root_dir, exist_ok=True)
+                self._experiment = AppendingWriter(log_dir=self.log_dir)
+            return self._experiment
+
+    return RunCSVLogger(save_dir=str(root), name="", version="", flush_logs_every_n_steps=flush_every)
+
+
 # --------------------------------------------------------------------------- plots
 
 
@@ -374,6 +407,11 @@ class PlotMetrics(L.Callback):
         out = run_dir(trainer)
         plot_curves(metrics, ["train/loss", "val/loss"], out / "loss.png", "loss")
         plot_curves(metrics, ["train/acc1", "val/acc1", "val/acc5"], out / "accuracy.png", "accuracy")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Flush metrics.csv with every checkpoint: a resumed run's curves then have no gap.
+        if trainer.is_global_zero and trainer.logger is not None:
+            trainer.logger.save()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._curves(trainer)

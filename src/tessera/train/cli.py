@@ -93,9 +93,15 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-    from lightning.pytorch.loggers import CSVLogger
 
-    from tessera.train.callbacks import ExportPretrained, FiniteLossCheck, PlotMetrics, RestoreLoaderState, StepSeed
+    from tessera.train.callbacks import (
+        ExportPretrained,
+        FiniteLossCheck,
+        PlotMetrics,
+        RestoreLoaderState,
+        StepSeed,
+        run_logger,
+    )
     from tessera.train.checkpoint_io import AtomicCheckpointIO
 
     _import_tasks()
@@ -122,7 +128,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
             root = Path(cfg.get("default_root_dir") or "runs/tessera")
             kwargs.setdefault("default_root_dir", str(root))
             if cfg.get("logger") in (None, True):  # one flat run folder: RUN/metrics.csv, RUN/checkpoints/
-                kwargs["logger"] = CSVLogger(save_dir=str(root), name="", version="")
+                kwargs["logger"] = run_logger(root)
             trainer = super().instantiate_trainer(**kwargs)
             from lightning.pytorch.plugins.io import TorchCheckpointIO
 
