@@ -1,6 +1,7 @@
 """Swin-T inference speed: tessera against Hugging Face transformers, same weights, one run.
 
     python benchmarks/bench_swin.py                 # fp32 + bf16, batch 8, 224x224
+    python benchmarks/bench_swin.py --compile       # + a torch.compile row (minutes to compile)
     python benchmarks/bench_swin.py --sweep         # latency / memory vs resolution, Swin-T and ViT-B/16
 
 Prints img/s, the ratio to the fastest peer, and the fraction of this
@@ -16,14 +17,16 @@ import math
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import autocast_if, best_time, matmul_peak_gflops, print_table  # noqa: E402
+from common import autocast_if, best_times_interleaved, matmul_peak_gflops, print_table  # noqa: E402
 
 import tessera  # noqa: E402
+from tessera.inference import optimize_for_inference  # noqa: E402
 
 SWIN_T = "swin_tiny_patch4_window7_224"
 
@@ -39,23 +42,42 @@ def hf_swin_tiny():
     return SwinForImageClassification(cfg).eval()
 
 
-def peers_and_ours(folder: Path) -> dict:
-    """{label: (callable(x) -> logits, dtype)} for every library and precision mode compared."""
+def peers_and_ours(folder: Path, compile: bool) -> dict:
+    """{(library, mode): callable(x) -> logits} for every library and precision mode compared.
+
+    tessera's rows: the default eager path; `optimize_for_inference` (opt-in:
+    oneDNN linear layers with bias and GELU fused); torch.compile of the
+    default model (opt-in, with --compile; its compile time is printed); and
+    in bf16 the opt-in "bf16 weights, fp32 matmuls" mode for CPUs without
+    bf16 arithmetic, next to the plain bf16 modes that every library has.
+    """
     hf = hf_swin_tiny()
     hf.save_pretrained(folder)
-    ours = tessera.create_model(SWIN_T, checkpoint=folder).eval()
     hf_bf16 = hf_swin_tiny()
     hf_bf16.load_state_dict(hf.state_dict())
     hf_bf16 = hf_bf16.to(torch.bfloat16)
-    ours_bf16 = tessera.create_model(SWIN_T, checkpoint=folder).eval().to(torch.bfloat16)
-    return {
+
+    def ours() -> torch.nn.Module:
+        return tessera.create_model(SWIN_T, checkpoint=folder).eval()
+
+    plain, plain_bf16 = ours(), ours().to(torch.bfloat16)
+    fast = optimize_for_inference(ours())
+    fast_bf16 = optimize_for_inference(ours().to(torch.bfloat16), matmul_dtype=torch.float32)
+    runs = {
         ("transformers", "fp32"): lambda x: hf(pixel_values=x).logits,
-        ("tessera", "fp32"): ours,
+        ("tessera", "fp32"): plain,
+        ("tessera", "fp32 optimize_for_inference (opt-in)"): fast,
+    }
+    if compile:
+        runs[("tessera", "fp32 torch.compile (opt-in)")] = torch.compile(ours())
+    runs.update({
         ("transformers", "bf16 autocast"): lambda x: _autocast(lambda y: hf(pixel_values=y).logits, x),
         ("transformers", "bf16 weights"): lambda x: hf_bf16(pixel_values=x.bfloat16()).logits,
-        ("tessera", "bf16 autocast"): lambda x: _autocast(ours, x),
-        ("tessera", "bf16 weights"): lambda x: ours_bf16(x.bfloat16()),
-    }
+        ("tessera", "bf16 autocast"): lambda x: _autocast(plain, x),
+        ("tessera", "bf16 weights"): lambda x: plain_bf16(x.bfloat16()),
+        ("tessera", "bf16 weights, fp32 matmuls (opt-in)"): lambda x: fast_bf16(x.bfloat16()),
+    })
+    return runs
 
 
 def _autocast(fn, x):
@@ -63,33 +85,40 @@ def _autocast(fn, x):
         return fn(x)
 
 
-def run_speed(batch: int, size: int, iters: int) -> None:
-    """The fp32 / bf16 table."""
+def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
+    """The fp32 / bf16 table: every row timed in turns, best of `rounds`."""
     x = torch.randn(batch, 3, size, size)
     macs = tessera.profile(tessera.create_model(SWIN_T), (3, size, size))[1]
-    peak = {"fp32": matmul_peak_gflops(torch.float32)}
+    peak = matmul_peak_gflops(torch.float32)
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        runs = peers_and_ours(Path(tmp))
+        runs = peers_and_ours(Path(tmp), compile)
         reference = runs[("transformers", "fp32")](x).float()
-        rows = []
-        for (lib, mode), fn in runs.items():
-            out = fn(x).float()
-            seconds = best_time(lambda: fn(x), warmup=1, iters=iters)
-            ips = batch / seconds
-            rows.append({
-                "library": lib, "mode": mode, "img/s": f"{ips:.1f}", "_ips": ips,
-                "max|diff| vs fp32 peer": f"{(out - reference).abs().max().item():.1e}",
-                "finite": bool(torch.isfinite(out).all()),
-                "%fp32 peak": f"{100 * 2 * macs * ips / 1e9 / peak['fp32']:.0f}%",
-            })
+        outputs, notes = {}, []
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            outputs[key] = fn(x).float()  # the first call also compiles
+            if "compile" in key[1]:
+                notes.append(f"{key[1]}: first call (compilation) {time.perf_counter() - start:.0f} s")
+        best = best_times_interleaved({key: (lambda fn=fn: fn(x)) for key, fn in runs.items()}, rounds=rounds)
+    rows = []
+    for key, out in outputs.items():
+        ips = batch / best[key]
+        rows.append({
+            "library": key[0], "mode": key[1], "img/s": f"{ips:.2f}", "_ips": ips,
+            "max|diff| vs fp32 peer": f"{(out - reference).abs().max().item():.1e}",
+            "finite": bool(torch.isfinite(out).all()),
+            "%fp32 peak": f"{100 * 2 * macs * ips / 1e9 / peak:.0f}%",
+        })
     for precision in ("fp32", "bf16"):
         group = [r for r in rows if r["mode"].startswith(precision)]
         best_peer = max(r["_ips"] for r in group if r["library"] != "tessera")
         for r in group:
             r["ratio vs fastest peer"] = f"{r['_ips'] / best_peer:.2f}x"
     print(f"threads={torch.get_num_threads()} batch={batch} {size}x{size}; "
-          f"measured fp32 matmul peak {peak['fp32']:.0f} GFLOP/s; Swin-T {macs / 1e9:.2f} GMACs/img")
+          f"measured fp32 matmul peak {peak:.0f} GFLOP/s; Swin-T {macs / 1e9:.2f} GMACs/img; best of {rounds} rounds")
     print_table(rows, ["library", "mode", "img/s", "ratio vs fastest peer", "%fp32 peak", "max|diff| vs fp32 peer", "finite"])
+    for note in notes:
+        print(note)
 
 
 SWEEP_CHILD = r"""
@@ -134,7 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=5, help="timing rounds (speed table) / timed calls (sweep)")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile row (minutes to compile)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--sweep", action="store_true", help="resolution sweep instead of the speed table")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 672, 896, 1120])
@@ -143,7 +173,7 @@ def main() -> None:
     if args.sweep:
         run_sweep(args.sizes, args.iters)
     else:
-        run_speed(args.batch, args.size, args.iters)
+        run_speed(args.batch, args.size, args.iters, args.compile)
 
 
 if __name__ == "__main__":

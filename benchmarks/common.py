@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from typing import Callable
 
@@ -19,6 +20,32 @@ def best_time(fn: Callable[[], object], warmup: int = 2, iters: int = 5) -> floa
         fn()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def best_times_interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int = 5, budget_s: float = 60.0
+) -> dict[str, float]:
+    """Fastest call of each function, in seconds, timing them in turns (one call each per round).
+
+    Alternating spreads the noise of a shared machine over every variant
+    alike, instead of giving one variant a quiet minute and the next a busy
+    one. A function whose calls have used up `budget_s` (bf16 matmuls emulated
+    on CPUs without bf16 arithmetic take tens of seconds a call) is timed no
+    more after its second call.
+    """
+    for fn in fns.values():
+        fn()  # warm-up: allocator, oneDNN primitive caches, lazy initialisation
+    best = {name: math.inf for name in fns}
+    spent = {name: 0.0 for name in fns}
+    for r in range(rounds):
+        for name, fn in fns.items():
+            if r >= 2 and spent[name] > budget_s:
+                continue
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            best[name], spent[name] = min(best[name], elapsed), spent[name] + elapsed
+    return best
 
 
 def matmul_peak_gflops(dtype: torch.dtype = torch.float32, n: int = 2048) -> float:
