@@ -116,7 +116,8 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
             r["ratio vs fastest peer"] = f"{r['_ips'] / best_peer:.2f}x"
     print(f"threads={torch.get_num_threads()} batch={batch} {size}x{size}; "
           f"measured fp32 matmul peak {peak:.0f} GFLOP/s; Swin-T {macs / 1e9:.2f} GMACs/img; best of {rounds} rounds")
-    print_table(rows, ["library", "mode", "img/s", "ratio vs fastest peer", "%fp32 peak", "max|diff| vs fp32 peer", "finite"])
+    columns = ["library", "mode", "img/s", "ratio vs fastest peer", "%fp32 peak", "max|diff| vs fp32 peer", "finite"]
+    print_table(rows, columns)
     for note in notes:
         print(note)
 

@@ -76,3 +76,11 @@ def test_low_precision_weights_with_fp32_matmuls(dtype):
         ref = plain(x)
     assert y.dtype == dtype and torch.isfinite(y).all()
     torch.testing.assert_close(y.float(), ref, atol=5e-2, rtol=5e-2)
+
+
+def test_low_precision_without_matmul_dtype_falls_back_to_f_linear():
+    """oneDNN's bf16 inner product needs bf16 hardware: without matmul_dtype the plain path runs."""
+    lin = nn.Linear(8, 16).to(torch.bfloat16)
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        torch.testing.assert_close(InferenceLinear(lin)(x), lin(x))

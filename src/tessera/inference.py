@@ -64,16 +64,30 @@ class InferenceLinear(nn.Module):
         if self.matmul_dtype is not None:  # the explicit fp32-matmul mode of low-precision models
             x, w = x.to(self.matmul_dtype), w.to(self.matmul_dtype)
             b = None if b is None else b.to(self.matmul_dtype)
-        if torch.is_grad_enabled() or x.device.type != "cpu":
-            y = F.linear(x, w, b)  # the plain path: autograd and non-CPU devices
-            y = F.gelu(y) if self.activation == "gelu" else y
+        if _onednn_applies(x):
+            algorithm = "none" if self.activation == "gelu" else ""  # "none": exact (erf) GELU, not tanh
+            y = torch.ops.mkldnn._linear_pointwise(x, w, b, self.activation, [], algorithm)
         else:
-            y = torch.ops.mkldnn._linear_pointwise(x, w, b, self.activation, [], "none" if self.activation == "gelu" else "")
+            y = F.linear(x, w, b)  # the plain path: autograd, other devices and dtypes
+            y = F.gelu(y) if self.activation == "gelu" else y
         return y.to(dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}, " \
-            f"matmul_dtype={self.matmul_dtype}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"activation={self.activation}, matmul_dtype={self.matmul_dtype}"
+        )
+
+
+def _onednn_applies(x: Tensor) -> bool:
+    """oneDNN's fused inner product: fp32 on CPU without autograd (it has no backward, and bf16 /
+    fp16 inner products need AVX512-BF16 / AMX, which `matmul_dtype` is there to avoid)."""
+    return (
+        not torch.is_grad_enabled()
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+    )
 
 
 def optimize_for_inference(model: nn.Module, matmul_dtype: torch.dtype | None = None) -> nn.Module:

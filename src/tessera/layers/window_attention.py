@@ -219,6 +219,7 @@ class WindowAttention(nn.Module):
         return self._bias_cache[1]
 
     def _window_bias(self, mask: Tensor | None, window: tuple[int, int] | None, dtype: torch.dtype) -> Tensor | None:
+        """`window_bias` computed afresh (differentiable)."""
         bias = self.relative_bias(window)  # (h, N, N) or None
         if mask is not None:
             mask = mask[:, None]  # (nW, 1, N, N): the same mask for every head

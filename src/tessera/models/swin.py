@@ -136,8 +136,10 @@ def window_attention_padded(
 
     Pad to window multiples (zeros, after the LayerNorm, as the official
     detection backbone), cyclic shift, partition, attend, merge, shift back,
-    crop. The shift and the partition are one token gather (`window_order`). The shift mask is computed on the padded map; padded tokens are
-    not masked otherwise (same as the official code and transformers).
+    crop; the shift and the partition are one token gather (`window_order`),
+    and so are the merge and the shift back. The shift mask is computed on the
+    padded map; padded tokens are not masked otherwise (same as the official
+    code and transformers).
     """
     B, H, W, C = x.shape
     (wh, ww), (sh, sw) = window, shift
