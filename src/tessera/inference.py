@@ -17,11 +17,14 @@ What it does, in place, keeping every parameter (and so the state_dict):
   attention up-casts its operands and runs its matmuls in fp32, then rounds
   back. This is the mode for CPUs without bf16 arithmetic (AVX2, no
   AVX512-BF16 / AMX), where bf16 matmuls are emulated and about ten times
-  slower than fp32 ones. It is explicit: nothing dispatches on dtype unless
-  asked to here.
+  slower than fp32 ones. It is asked for explicitly, never inferred from a
+  dtype. LayerNorm and the patch-embedding convolution (under 3% of the
+  MACs) stay in the model's dtype.
 
-With autograd enabled (training), every module falls back to the plain
-path (`F.linear`, then the activation), so gradients are unchanged.
+oneDNN's inner product is used for fp32 on CPU without autograd only; with
+autograd (training), on other devices, or for a bf16 / fp16 GEMM, every
+module takes the plain path (`F.linear`, then the activation), so gradients
+and results elsewhere are unchanged.
 """
 
 from __future__ import annotations
