@@ -18,7 +18,7 @@ What it does, in place, keeping every parameter (and so the state_dict):
   back. This is the mode for CPUs without bf16 arithmetic (AVX2, no
   AVX512-BF16 / AMX), where bf16 matmuls are emulated and about ten times
   slower than fp32 ones. It is asked for explicitly, never inferred from a
-  dtype. LayerNorm and the patch-embedding convolution (under 3% of the
+  dtype. LayerNorm and the patch-embedding convolution (under 1% of the
   MACs) stay in the model's dtype.
 
 oneDNN's inner product is used for fp32 on CPU without autograd only; with
