@@ -20,7 +20,14 @@ from tessera.data import (
     load_digits_images,
     load_image,
 )
-from tessera.data.transforms import ColorJitter, MixupCutmix, Normalize, RandomHorizontalFlip, RandomResizedCrop
+from tessera.data.transforms import (
+    ColorJitter,
+    MixupCutmix,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    RandomTranslate,
+)
 
 
 # ----------------------------------------------------------------------------- digits
@@ -161,6 +168,11 @@ def test_transforms_shapes_ranges_and_seeding():
     assert torch.allclose(n, (img - 0.5) / 0.25)
     with pytest.raises(ValueError, match="scale"):
         RandomResizedCrop(16, scale=(0.5, 0.1))
+    shifted = RandomTranslate(3)(img, g(4))
+    assert shifted.shape == img.shape
+    dy, dx = next((a, b) for a in range(-3, 4) for b in range(-3, 4)
+                  if torch.equal(shifted[:, 3:-3, 3:-3], img[:, 3 + a : 21 + a, 3 + b : 37 + b]))
+    assert (dy, dx) != (0, 0) or torch.equal(shifted, img)
 
 
 @pytest.mark.parametrize("mixup, cutmix", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])

@@ -10,7 +10,15 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
 from tessera.data.loader import ResumableDataLoader, SeededSampler
-from tessera.data.transforms import ColorJitter, Compose, Normalize, RandomHorizontalFlip, RandomResizedCrop, Transform
+from tessera.data.transforms import (
+    ColorJitter,
+    Compose,
+    Normalize,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    RandomTranslate,
+    Transform,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,6 +34,7 @@ class Augment:
         enabled: whether to augment training images at all.
         crop_scale: area fraction range of the random resized crop ((1, 1) turns it off).
         crop_ratio: aspect-ratio range of the crop.
+        translate: largest random shift in pixels (0 = off), zero-filled.
         hflip: probability of a horizontal flip (keep 0 for digits and text).
         color_jitter: strength s of brightness/contrast/saturation factors in [1 - s, 1 + s].
     """
@@ -33,6 +42,7 @@ class Augment:
     enabled: bool = True
     crop_scale: tuple[float, float] = (0.08, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    translate: int = 0
     hflip: float = 0.5
     color_jitter: float = 0.0
 
@@ -43,6 +53,8 @@ class Augment:
         out: list[Transform] = []
         if tuple(self.crop_scale) != (1.0, 1.0):
             out.append(RandomResizedCrop(img_size, tuple(self.crop_scale), tuple(self.crop_ratio)))
+        if self.translate > 0:
+            out.append(RandomTranslate(self.translate))
         if self.hflip > 0:
             out.append(RandomHorizontalFlip(self.hflip))
         if self.color_jitter > 0:

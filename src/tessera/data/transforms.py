@@ -97,6 +97,24 @@ class RandomResizedCrop:
         return self.resize(img[..., top : top + ch, left : left + cw])
 
 
+class RandomTranslate:
+    """Shift the image by up to `max_shift` pixels in x and y, filling with zeros (pad-and-crop, as for CIFAR)."""
+
+    def __init__(self, max_shift: int) -> None:
+        if max_shift < 0:
+            raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+        self.max_shift = max_shift
+
+    def __call__(self, img: Tensor, g: torch.Generator | None = None) -> Tensor:
+        m = self.max_shift
+        if m == 0:
+            return img
+        dy, dx = (int(v) for v in torch.randint(-m, m + 1, (2,), generator=g))
+        H, W = img.shape[-2:]
+        padded = F.pad(img, (m, m, m, m))  # zeros around
+        return padded[..., m + dy : m + dy + H, m + dx : m + dx + W]
+
+
 class RandomHorizontalFlip:
     """Mirror left-right with probability `p` (do not use on digits or text)."""
 

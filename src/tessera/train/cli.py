@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,9 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
     from tessera.train.checkpoint_io import AtomicCheckpointIO
 
     _import_tasks()
+    # `tessera` passes the command line as args on purpose; Lightning's own deprecation chatter is not the user's.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     if not run and argv and argv[0] in ("fit", "validate", "test"):
         argv = argv[1:]  # without running, LightningCLI takes no subcommand
 
