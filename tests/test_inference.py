@@ -29,6 +29,7 @@ def test_inference_linear_equals_linear_and_gelu():
     assert InferenceLinear(lin).weight is lin.weight  # shared, not copied
 
 
+@pytest.mark.slow
 def test_optimized_swin_equals_plain_path_and_keeps_the_state_dict():
     plain = tiny_swin()
     fast = optimize_for_inference(copy.deepcopy(plain))
@@ -49,6 +50,7 @@ def test_optimized_swin_equals_plain_path_and_keeps_the_state_dict():
         torch.testing.assert_close(fast(x), other(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_optimized_model_trains_like_the_plain_one():
     plain = tiny_swin().train()
     fast = optimize_for_inference(copy.deepcopy(plain)).train()

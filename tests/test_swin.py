@@ -174,6 +174,7 @@ def test_window_attention_equals_plain_path_with_and_without_cache():
     assert not any("cache" in k for k in attn.state_dict())
 
 
+@pytest.mark.slow
 def test_bias_cache_follows_weight_changes():
     """load_state_dict, in-place updates and a replaced table all invalidate the cached B + mask."""
     model = tiny()
@@ -198,6 +199,7 @@ def test_bias_cache_follows_weight_changes():
         torch.testing.assert_close(model(x), after, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_mode_gets_fresh_bias_and_gradients_to_the_table():
     model = tiny().train()
     with torch.inference_mode():
