@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RECIPE: dict[str, Any] = {
     "seed_everything": 0,
     "trainer": {
-        "max_epochs": 40,
+        "max_epochs": 70,
         "default_root_dir": "runs/digits_swin",
         "accelerator": "auto",
         "devices": 1,
@@ -54,9 +54,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
                 "embed_dim": 48,
                 "depths": [2, 2],
                 "num_heads": [3, 6],
-                "drop_path_rate": 0.0,
+                "drop_path_rate": 0.1,
             },
-            "lr": 0.005,
+            "lr": 0.002,
             "weight_decay": 0.05,
             "warmup_fraction": 0.05,
             "label_smoothing": 0.1,
