@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RECIPE: dict[str, Any] = {
     "seed_everything": 0,
     "trainer": {
-        "max_epochs": 70,
+        "max_epochs": 80,
         "default_root_dir": "runs/digits_swin",
         "accelerator": "auto",
         "devices": 1,
