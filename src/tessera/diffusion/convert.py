@@ -44,22 +44,32 @@ __all__ = [
 
 StateDict = dict[str, Tensor]
 
-# (tessera module path, diffusers module path) for everything but attention's q/k/v.
-_BLOCK_RENAMES = (
-    (r"time_embed\.fc1\.", "time_embedding.linear_1."),
-    (r"time_embed\.fc2\.", "time_embedding.linear_2."),
-    (r"class_embed\.", "class_embedding."),
-    (r"norm_out\.", "conv_norm_out."),
-    (r"mid_block1\.", "mid_block.resnets.0."),
-    (r"mid_block2\.", "mid_block.resnets.1."),
-    (r"mid_attn\.", "mid_block.attentions.0."),
-    (r"down\.(\d+)\.blocks\.", r"down_blocks.\1.resnets."),
-    (r"down\.(\d+)\.attns\.", r"down_blocks.\1.attentions."),
-    (r"down\.(\d+)\.resample\.", r"down_blocks.\1.downsamplers.0."),
-    (r"up\.(\d+)\.blocks\.", r"up_blocks.\1.resnets."),
-    (r"up\.(\d+)\.attns\.", r"up_blocks.\1.attentions."),
-    (r"up\.(\d+)\.resample\.", r"up_blocks.\1.upsamplers.0."),
+# (tessera prefix, diffusers prefix) for everything but attention's q/k/v; "{i}" is a
+# level index. One table, compiled in both directions so the two cannot drift apart.
+_BLOCK_PREFIXES = (
+    ("time_embed.fc1.", "time_embedding.linear_1."),
+    ("time_embed.fc2.", "time_embedding.linear_2."),
+    ("class_embed.", "class_embedding."),
+    ("norm_out.", "conv_norm_out."),
+    ("mid_block1.", "mid_block.resnets.0."),
+    ("mid_block2.", "mid_block.resnets.1."),
+    ("mid_attn.", "mid_block.attentions.0."),
+    ("down.{i}.blocks.", "down_blocks.{i}.resnets."),
+    ("down.{i}.attns.", "down_blocks.{i}.attentions."),
+    ("down.{i}.resample.", "down_blocks.{i}.downsamplers.0."),
+    ("up.{i}.blocks.", "up_blocks.{i}.resnets."),
+    ("up.{i}.attns.", "up_blocks.{i}.attentions."),
+    ("up.{i}.resample.", "up_blocks.{i}.upsamplers.0."),
 )
+
+
+def _prefix_rule(src: str, dst: str) -> tuple[str, str]:
+    """Anchored regex and replacement that turn prefix `src` into `dst`, carrying the level index."""
+    return "^" + re.escape(src).replace(r"\{i\}", r"(\d+)"), dst.replace("{i}", r"\1")
+
+
+_BLOCK_RENAMES = tuple(_prefix_rule(t, d) for t, d in _BLOCK_PREFIXES)
+_BLOCK_RENAMES_BACK = tuple(_prefix_rule(d, t) for t, d in _BLOCK_PREFIXES)
 _LEAF_RENAMES = (  # inside a resnet / attention
     (r"\.time_proj\.", ".time_emb_proj."),
     (r"\.skip\.", ".conv_shortcut."),
@@ -73,27 +83,12 @@ _LEAF_RENAMES_BACK = (
     (".group_norm.", ".norm."),
     (".to_out.0.", ".attn.proj."),
 )
-_BLOCK_RENAMES_BACK = (
-    (r"time_embedding\.linear_1\.", "time_embed.fc1."),
-    (r"time_embedding\.linear_2\.", "time_embed.fc2."),
-    (r"class_embedding\.", "class_embed."),
-    (r"conv_norm_out\.", "norm_out."),
-    (r"mid_block\.resnets\.0\.", "mid_block1."),
-    (r"mid_block\.resnets\.1\.", "mid_block2."),
-    (r"mid_block\.attentions\.0\.", "mid_attn."),
-    (r"down_blocks\.(\d+)\.resnets\.", r"down.\1.blocks."),
-    (r"down_blocks\.(\d+)\.attentions\.", r"down.\1.attns."),
-    (r"down_blocks\.(\d+)\.downsamplers\.0\.", r"down.\1.resample."),
-    (r"up_blocks\.(\d+)\.resnets\.", r"up.\1.blocks."),
-    (r"up_blocks\.(\d+)\.attentions\.", r"up.\1.attns."),
-    (r"up_blocks\.(\d+)\.upsamplers\.0\.", r"up.\1.resample."),
-)
 _OLD_ATTN_NAMES = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
 def _tessera_to_diffusers_key(key: str) -> str:
     for pat, rep in _BLOCK_RENAMES:
-        key, n = re.subn("^" + pat, rep, key)
+        key, n = re.subn(pat, rep, key)
         if n:
             break
     for pat, rep in _LEAF_RENAMES:
@@ -144,7 +139,7 @@ def _diffusers_to_tessera_key(key: str) -> str:
     for old, new in _LEAF_RENAMES_BACK:
         key = key.replace(old, new)
     for pat, rep in _BLOCK_RENAMES_BACK:
-        key, n = re.subn("^" + pat, rep, key)
+        key, n = re.subn(pat, rep, key)
         if n:
             break
     return key
