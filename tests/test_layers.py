@@ -78,6 +78,21 @@ def test_mlp_shapes():
     assert Mlp(8, 32, 4)(torch.randn(3, 5, 8)).shape == (3, 5, 4)
 
 
+def test_mlp_in_place_gelu_at_inference_matches_autograd_path_and_spares_the_input():
+    mlp = Mlp(8, 32, 4)
+    x = torch.randn(3, 5, 8)
+    with torch.no_grad():
+        fast = mlp(x)
+    torch.testing.assert_close(fast, mlp(x), rtol=0, atol=0)
+    mlp.fc1 = torch.nn.Identity()  # hidden == input: GELU must not overwrite the caller's tensor
+    mlp.fc2 = torch.nn.Linear(8, 4)
+    before = x.clone()
+    with torch.no_grad():
+        out = mlp(x)
+    assert torch.equal(x, before)
+    torch.testing.assert_close(out, mlp.fc2(torch.nn.functional.gelu(x)))
+
+
 def test_sincos_2d_rows_differ_and_are_bounded():
     pe = sincos_2d((4, 6), 16)
     assert pe.shape == (24, 16)

@@ -389,6 +389,46 @@ def test_stochastic_depth():
         assert torch.equal(model(x), model(x))
 
 
+# ---------------------------------------------------------------- inference chunking
+
+
+def _block_calls(model: SwinTransformer) -> list[int]:
+    """Batch size of every call of the first block of each stage, recorded by forward hooks."""
+    calls: list[int] = []
+    for stage in model.stages:
+        stage.blocks[0].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    return calls
+
+
+def test_inference_chunking_splits_the_batch_and_gives_the_same_output():
+    model = tiny()
+    x = torch.randn(5, 3, 30, 26)  # maps of 15 x 13 and 8 x 7 tokens: padded, shifted and masked
+    with torch.no_grad():
+        model.set_inference_chunking(None)
+        calls = _block_calls(model)
+        whole = model(x)
+        assert calls == [5, 5]
+        model.set_inference_chunking(400)  # 2 images (2 x 195 tokens) a chunk in stage 1, all 5 in stage 2
+        calls.clear()
+        chunked = model(x)
+    assert calls == [2, 2, 1, 5]
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_training_and_autograd_are_never_chunked():
+    model = tiny().train()
+    model.set_inference_chunking(1)  # one image a chunk, were it inference
+    calls = _block_calls(model)
+    model(torch.randn(3, 3, 32, 32)).sum().backward()
+    assert calls == [3, 3]
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_inference_chunking_rejects_a_non_positive_size():
+    with pytest.raises(ValueError, match="max_tokens"):
+        tiny().set_inference_chunking(0)
+
+
 # ---------------------------------------------------------------- figures
 
 
