@@ -167,6 +167,10 @@ def run_sweep(sizes: list[int], iters: int) -> None:
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         slope = sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
         rows.append({"model": name, "size": "slope", "latency ms": f"{slope:.2f} (log latency / log pixels)"})
+        # the slope between the two largest sizes: where ViT's N^2 attention term has caught up
+        # with its N-linear MLPs (at N ~ 6 C tokens), it heads for 2; Swin's stays near 1
+        (p0, s0), (p1, s1) = points[-2:]
+        rows.append({"model": name, "size": "last slope", "latency ms": f"{math.log(s1 / s0) / math.log(p1 / p0):.2f}"})
     print_table(rows, ["model", "size", "latency ms", "peak activation MiB"])
 
 
