@@ -415,6 +415,24 @@ def test_inference_chunking_splits_the_batch_and_gives_the_same_output():
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
+def test_mlp_half_runs_in_token_chunks_when_one_image_is_larger_than_a_chunk():
+    model = tiny()
+    x = torch.randn(2, 3, 30, 26)  # stage 1: 15 x 13 = 195 tokens an image
+    with torch.no_grad():
+        model.set_inference_chunking(None)
+        whole = model(x)
+        model.set_inference_chunking(50)
+        rows: list[int] = []
+        model.stages[0].blocks[1].mlp.register_forward_hook(lambda m, args, out: rows.append(args[0][..., 0].numel()))
+        chunked = model(x)
+    assert rows == [50, 50, 50, 45] * 2  # one image a group, its 195 tokens in chunks of 50
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    rows.clear()
+    with torch.no_grad():
+        model.train()(x)  # DropPath acts per image: the MLP is not cut into token chunks
+    assert rows == [195, 195]
+
+
 def test_training_and_autograd_are_never_chunked():
     model = tiny().train()
     model.set_inference_chunking(1)  # one image a chunk, were it inference

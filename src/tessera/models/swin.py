@@ -198,6 +198,7 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS  # see `SwinTransformer.set_inference_chunking`
 
     def msa(self, x: Tensor) -> Tensor:
         """W-MSA or SW-MSA of a normalised (B, H, W, C) map, window and shift fitted to H, W."""
@@ -207,8 +208,25 @@ class SwinBlock(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """z: (B, H, W, C) -> (B, H, W, C)."""
         z = z + self.drop_path(self.msa(self.norm1(z)))  # ẑ = (S)W-MSA(LN(z)) + z
+        if self.chunk_mlp(z):
+            return self.mlp_residual_chunked(z)
         z = z + self.drop_path(self.mlp(self.norm2(z)))  # z = MLP(LN(ẑ)) + ẑ
         return z
+
+    def chunk_mlp(self, z: Tensor) -> bool:
+        """Evaluate the MLP half in token chunks: inference (no autograd, eval) on a map of more tokens than a chunk."""
+        return (
+            self.chunk_tokens is not None
+            and not torch.is_grad_enabled()
+            and not self.training
+            and z[..., 0].numel() > self.chunk_tokens
+        )
+
+    def mlp_residual_chunked(self, z: Tensor) -> Tensor:
+        """MLP(LN(ẑ)) + ẑ over chunks of `chunk_tokens` tokens: the MLP acts on each token alone,
+        so its 4C-wide hidden tensor needs only one chunk's memory (a large image in one stage)."""
+        tokens = z.reshape(-1, z.shape[-1])  # (B H W, C)
+        return torch.cat([t + self.mlp(self.norm2(t)) for t in tokens.split(self.chunk_tokens)]).view(z.shape)
 
 
 class PatchMerging(nn.Module):
@@ -391,20 +409,23 @@ class SwinTransformer(TesseraModel):
         self.head.apply(_init_weights)
 
     def set_inference_chunking(self, max_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
-        """Without autograd, run each stage on groups of images of at most `max_tokens` tokens (None: off).
+        """Without autograd, compute in chunks of at most `max_tokens` tokens (None: off).
 
-        The result is the same (each image is computed alone either way; float
-        rounding of the batched matmuls may differ by ~1e-7). Smaller groups
-        keep a block's intermediates in cache: Swin-T at batch 8 runs ~9%
+        Each stage runs on groups of whole images of at most `max_tokens`
+        tokens (at least one image), and where one image has more, each
+        block's MLP half runs on `max_tokens` tokens at a time. The result is
+        the same: images and, in the MLP, tokens are computed alone either way
+        (float rounding of the batched matmuls may differ by ~1e-7). Smaller
+        pieces keep the intermediates in cache: Swin-T at batch 8 runs ~9%
         faster on a 2-core CPU (benchmarks/bench_swin.py), and at batch 32 its
-        peak memory above the input is 209 MiB instead of 455 MiB, as the
-        qkv and MLP intermediates no longer grow with the batch. Training is
-        never chunked.
+        peak memory above the input is 209 MiB instead of 455 MiB. Training
+        (autograd, or train mode for the MLP) is never chunked.
         """
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive token count or None, got {max_tokens}")
-        for stage in self.stages:
-            stage.chunk_tokens = max_tokens
+        for module in self.modules():
+            if isinstance(module, (SwinStage, SwinBlock)):
+                module.chunk_tokens = max_tokens
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass (saves memory while training)."""
