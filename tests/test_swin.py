@@ -150,7 +150,8 @@ def _plain_window_attention(attn, x, mask):
     B, nW, N, C = x.shape
     h = attn.num_heads
     q, k, v = attn.qkv(x).reshape(B, nW, N, 3, h, C // h).permute(3, 0, 1, 4, 2, 5)  # (B, nW, h, N, d) each
-    scores = q @ k.transpose(-2, -1) / math.sqrt(C // h) + attn.relative_bias() + mask[:, None]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(C // h) + attn.relative_bias()
+    scores = scores if mask is None else scores + mask[:, None]
     out = (scores.softmax(-1) @ v).transpose(2, 3).reshape(B, nW, N, C)
     return attn.proj(out)
 
@@ -172,6 +173,21 @@ def test_window_attention_equals_plain_path_with_and_without_cache():
         attn(x)  # W-MSA (no mask): another key, rebuilt
         assert attn._bias_cache[1].shape == (1, 2, 16, 16)
     assert not any("cache" in k for k in attn.state_dict())
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_window_attention_in_groups_of_windows_equals_all_at_once(masked):
+    attn = WindowAttention(16, 2, (4, 4)).eval()
+    mask = shifted_window_mask((8, 12), (4, 4), (2, 2)) if masked else None  # 6 windows
+    x = torch.randn(2, 6, 16, 16)
+    with torch.no_grad():
+        attn.rel_pos_bias.table.normal_()
+        ref = _plain_window_attention(attn, x, mask)
+        groups: list[int] = []
+        attn.qkv.register_forward_hook(lambda m, args, out: groups.append(args[0].shape[1]))
+        grouped = attn(x, mask, chunk_tokens=2 * 16 * 2)  # 2 windows of 16 tokens, both images
+    assert groups == [2, 2, 2]
+    torch.testing.assert_close(grouped, ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow

@@ -230,19 +230,41 @@ class WindowAttention(nn.Module):
         N = bias.shape[-1]
         return bias.expand(-1, self.num_heads, N, N).to(dtype).contiguous()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, window: tuple[int, int] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        mask: Tensor | None = None,
+        window: tuple[int, int] | None = None,
+        chunk_tokens: int | None = None,
+    ) -> Tensor:
         """Attention within each window.
 
         Args:
             x: windows (B, nW, N, C), N = M_h * M_w tokens each (`window_partition`).
             mask: additive shift mask (nW, N, N) or None (W-MSA).
             window: the window x was cut with, if smaller than the learned one.
+            chunk_tokens: without autograd, attend over groups of windows of at
+                most this many tokens (at least one window a group): windows
+                are independent, so the result is the same and the qkv tensor
+                needs one group's memory. None: all windows at once.
 
         Returns:
             (B, nW, N, C): Softmax(Q K^T / sqrt(d) + B + mask) V, projected.
         """
-        B, dtype = x.shape[0], x.dtype
+        B, nW, N, _ = x.shape
         bias = self.window_bias(mask, window, self.matmul_dtype or x.dtype)  # (nb, h, N, N), nb = nW or 1
+        if chunk_tokens is None or torch.is_grad_enabled() or B * nW * N <= chunk_tokens:
+            return self.attend_windows(x, bias)
+        per = max(1, chunk_tokens // (B * N))  # windows a group, across the batch
+        groups = []
+        for start in range(0, nW, per):
+            part = bias if bias is None or bias.shape[0] == 1 else bias[start : start + per]
+            groups.append(self.attend_windows(x[:, start : start + per], part))
+        return torch.cat(groups, dim=1)
+
+    def attend_windows(self, x: Tensor, bias: Tensor | None) -> Tensor:
+        """Projected attention of windows x (B, nW, N, C) with `window_bias` b (nW or 1, h, N, N) -> (B, nW, N, C)."""
+        B, dtype = x.shape[0], x.dtype
         nb = 1 if bias is None else bias.shape[0]
         # SDPA's fused CPU kernel wants 4-D tensors (5-D ones fall back to the slow reference):
         # windows with the same bias fold into the batch axis, windows with their own bias
