@@ -175,6 +175,23 @@ def test_ema_one_update_per_optimizer_step_and_restored(tmp_path):
     assert torch.equal(task.model.head.weight, w)
 
 
+def test_tasks_hand_lightning_one_ema_callback_or_none():
+    from tessera.train.callbacks import EMA
+    from tessera.train.diffusion import DiffusionTask
+
+    for task in (ClassificationTask(model_args=TINY_SWIN, ema_decay=0.9), DiffusionTask(ema_decay=0.9)):
+        first = task.configure_callbacks()
+        assert len(first) == 1 and isinstance(first[0], EMA) and first[0].decay == 0.9
+        assert task.configure_callbacks()[0] is first[0]  # kept from fit to test
+    assert ClassificationTask(model_args=TINY_SWIN, ema_decay=0.0).configure_callbacks() == []
+    assert ClassificationTask(model_args=TINY_SWIN, ema_decay=0.9, ema_eval=False).configure_callbacks()[0].eval_with_ema is False
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="ema_decay must be in"):
+            ClassificationTask(model_args=TINY_SWIN, ema_decay=bad)
+        with pytest.raises(ValueError, match="ema_decay must be in"):
+            DiffusionTask(ema_decay=bad)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 def test_distillation_into_a_distilled_deit(tmp_path, kind):

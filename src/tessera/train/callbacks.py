@@ -43,6 +43,31 @@ def run_dir(trainer: L.Trainer) -> Path:
 # --------------------------------------------------------------------------- EMA
 
 
+class EMAHost:
+    """Mixin for tasks with an optional EMA of their weights (`init_ema` in `__init__`).
+
+    Lightning asks for `configure_callbacks` at every fit / validate / test;
+    the same `EMA` instance is handed out each time, so that a test after fit
+    keeps the average.
+    """
+
+    def init_ema(self, decay: float, eval_with_ema: bool = True) -> None:
+        """Check the decay (0 turns EMA off) and remember the settings."""
+        if not 0 <= decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {decay}")
+        self._ema_settings = (decay, eval_with_ema)
+        self._ema: EMA | None = None
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """[the EMA callback] when the decay is above 0, else []."""
+        decay, eval_with_ema = self._ema_settings
+        if decay <= 0:
+            return []
+        if self._ema is None:
+            self._ema = EMA(decay, eval_with_ema=eval_with_ema)
+        return [self._ema]
+
+
 class EMA(L.Callback):
     """Exponential moving average of the weights, one update per optimizer step.
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tessera.data.transforms import MixupCutmix
+from tessera.train.callbacks import EMAHost
 
 # Parameter names that are embeddings or tables rather than weights: no weight decay.
 _NO_DECAY = ("pos_embed", "cls_token", "dist_token", "rel_pos", "position_bias", "table", "mask_token")
@@ -50,7 +51,7 @@ def topk_correct(logits: Tensor, y: Tensor, ks: tuple[int, ...]) -> list[Tensor]
     return [hit[:, : min(k, kmax)].any(-1).sum() for k in ks]
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(EMAHost, L.LightningModule):
     """Train and evaluate a registry classifier.
 
     The network is built in `configure_model`, when the data is known:
@@ -95,14 +96,12 @@ class ClassificationTask(L.LightningModule):
         ema_eval: bool = True,
     ) -> None:
         super().__init__()
-        if not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.init_ema(ema_decay, eval_with_ema=ema_eval)
         self.save_hyperparameters()
         self.model: nn.Module | None = None
         self.mixup: MixupCutmix | None = None
         self.test_confusion: Tensor | None = None
         self._confusion: Tensor | None = None
-        self._ema: L.Callback | None = None
 
     # ------------------------------------------------------------------ model
     def model_kwargs(self) -> dict[str, Any]:
@@ -133,17 +132,6 @@ class ClassificationTask(L.LightningModule):
         self.mixup = MixupCutmix(
             num_classes, self.hparams.mixup_alpha, self.hparams.cutmix_alpha, smoothing=self.hparams.label_smoothing
         )
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        """EMA of the weights when `ema_decay` > 0."""
-        if self.hparams.ema_decay > 0:
-            from tessera.train.callbacks import EMA
-
-            # The same instance every time: trainer.test after fit must keep the average.
-            if self._ema is None:
-                self._ema = EMA(self.hparams.ema_decay, eval_with_ema=self.hparams.ema_eval)
-            return [self._ema]
-        return []
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits (B, num_classes) of images (B, C, H, W)."""

@@ -27,6 +27,7 @@ from tessera.diffusion.objectives import Prediction, diffusion_loss, min_snr_wei
 from tessera.diffusion.samplers import DDIMSampler
 from tessera.diffusion.schedule import NoiseSchedule
 from tessera.diffusion.unet import UNet, create_unet
+from tessera.train.callbacks import EMAHost
 from tessera.train.classification import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def build_schedule(kind: Literal["linear", "cosine"], T: int, beta_start: float,
     raise ValueError(f"schedule must be 'linear' or 'cosine', got {kind!r}")
 
 
-class DiffusionTask(L.LightningModule):
+class DiffusionTask(EMAHost, L.LightningModule):
     """Train a UNet denoiser with the DDPM objective.
 
     Args:
@@ -91,15 +92,13 @@ class DiffusionTask(L.LightningModule):
         sample_clip_x0: bool = False,
     ) -> None:
         super().__init__()
-        if not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.init_ema(ema_decay, eval_with_ema=True)  # validation, sample grids and export use it
         if loss_weighting not in ("none", "min_snr"):
             raise ValueError(f"loss_weighting must be 'none' or 'min_snr', got {loss_weighting!r}")
         self.save_hyperparameters()
         self.schedule = build_schedule(schedule, T, beta_start, beta_end)
         self.weights = min_snr_weights(self.schedule, 5.0, prediction) if loss_weighting == "min_snr" else None
         self.model: UNet | None = None
-        self._ema: L.Callback | None = None
 
     # ------------------------------------------------------------------ model
     def _datamodule(self) -> Any:
@@ -122,16 +121,6 @@ class DiffusionTask(L.LightningModule):
                 raise ValueError("class_conditional=True needs num_classes in unet_args or from the DataModule")
             kw["num_classes"] = n
         self.model = create_unet(hp.unet, **kw)
-
-    def configure_callbacks(self) -> list[L.Callback]:
-        """EMA of the weights when `ema_decay` > 0 (validation, sample grids and export use it)."""
-        if self.hparams.ema_decay > 0:
-            from tessera.train.callbacks import EMA
-
-            if self._ema is None:
-                self._ema = EMA(self.hparams.ema_decay, eval_with_ema=True)
-            return [self._ema]
-        return []
 
     def forward(self, xt: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The network output f_theta(x_t, t[, y]): (B, C, H, W)."""
