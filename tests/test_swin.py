@@ -458,6 +458,15 @@ def test_training_and_autograd_are_never_chunked():
     assert all(p.grad is not None for p in model.parameters())
 
 
+def test_chunking_is_for_cpu_inference_only():
+    cpu, other = torch.zeros(1), torch.zeros(1, device="meta")  # meta stands in for a GPU
+    with torch.no_grad():
+        assert swin_mod.inference_chunk(4096, cpu) == 4096
+        assert swin_mod.inference_chunk(4096, other) is None
+        assert swin_mod.inference_chunk(None, cpu) is None
+    assert swin_mod.inference_chunk(4096, cpu) is None  # autograd on
+
+
 def test_inference_chunking_rejects_a_non_positive_size():
     with pytest.raises(ValueError, match="max_tokens"):
         tiny().set_inference_chunking(0)

@@ -116,6 +116,17 @@ DEFAULT_CHUNK_TOKENS = 4096
 # ---------------------------------------------------------------- pure helpers
 
 
+def inference_chunk(chunk_tokens: int | None, x: Tensor) -> int | None:
+    """The chunk size for x: `chunk_tokens` at CPU inference (no autograd), else None (no chunking).
+
+    Chunking is a CPU cache and allocator measure; on a GPU it would only cut
+    the parallelism of each kernel, and with autograd it saves nothing.
+    """
+    if chunk_tokens is None or torch.is_grad_enabled() or x.device.type != "cpu":
+        return None
+    return chunk_tokens
+
+
 def stage_window(
     grid: tuple[int, int], window: tuple[int, int], shifted: bool
 ) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -207,7 +218,7 @@ class SwinBlock(nn.Module):
     def msa(self, x: Tensor) -> Tensor:
         """W-MSA or SW-MSA of a normalised (B, H, W, C) map, window and shift fitted to H, W."""
         window, shift = stage_window((x.shape[1], x.shape[2]), self.window, self.shifted)
-        return window_attention_padded(x, self.attn, window, shift, self.chunk_tokens)
+        return window_attention_padded(x, self.attn, window, shift, inference_chunk(self.chunk_tokens, x))
 
     def forward(self, z: Tensor) -> Tensor:
         """z: (B, H, W, C) -> (B, H, W, C)."""
@@ -218,13 +229,9 @@ class SwinBlock(nn.Module):
         return z
 
     def chunk_mlp(self, z: Tensor) -> bool:
-        """Evaluate the MLP half in token chunks: inference (no autograd, eval) on a map of more tokens than a chunk."""
-        return (
-            self.chunk_tokens is not None
-            and not torch.is_grad_enabled()
-            and not self.training
-            and z[..., 0].numel() > self.chunk_tokens
-        )
+        """Evaluate the MLP half in token chunks: CPU inference in eval mode on a map of more tokens than a chunk."""
+        chunk = inference_chunk(self.chunk_tokens, z)
+        return chunk is not None and not self.training and z[..., 0].numel() > chunk
 
     def mlp_residual_chunked(self, z: Tensor) -> Tensor:
         """MLP(LN(ẑ)) + ẑ over chunks of `chunk_tokens` tokens: the MLP acts on each token alone,
@@ -280,13 +287,14 @@ class SwinStage(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """(B, H, W, C/2) -> (B, H/2, W/2, C) through patch merging, or (B, H, W, C) kept in stage 1."""
         z = self.patch_merge(z)
-        if torch.is_grad_enabled() or not self.chunk_tokens:
+        chunk = inference_chunk(self.chunk_tokens, z)
+        if chunk is None:
             return self.run_blocks(z)
-        # Inference: every image is independent, so run the blocks on groups of images of at most
-        # `chunk_tokens` tokens; the block's intermediates (qkv, the 4C-wide MLP hidden) then stay
+        # CPU inference: every image is independent, so run the blocks on groups of images of at
+        # most `chunk` tokens; the blocks' intermediates (qkv, the 4C-wide MLP hidden) then stay
         # small enough to be reused from cache instead of being fresh page-faulted allocations.
         B, H, W, _ = z.shape
-        per_chunk = max(1, self.chunk_tokens // (H * W))
+        per_chunk = max(1, chunk // (H * W))
         if per_chunk >= B:
             return self.run_blocks(z)
         return torch.cat([self.run_blocks(chunk) for chunk in z.split(per_chunk)])
@@ -413,7 +421,7 @@ class SwinTransformer(TesseraModel):
         self.head.apply(_init_weights)
 
     def set_inference_chunking(self, max_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
-        """Without autograd, compute in chunks of at most `max_tokens` tokens (None: off).
+        """At CPU inference (no autograd), compute in chunks of at most `max_tokens` tokens (None: off).
 
         Each stage runs on groups of whole images of at most `max_tokens`
         tokens (at least one image); where one image has more, each block
@@ -425,8 +433,8 @@ class SwinTransformer(TesseraModel):
         (benchmarks/bench_swin.py): batch 8 at 224 runs ~9% faster; at batch
         32 the peak memory above the input is 209 MiB instead of 455 MiB; one
         1120 x 1120 image takes 1.96 s and 286 MiB instead of 2.10 s and
-        518 MiB. Training (autograd, or train mode for the MLP) is never
-        chunked.
+        518 MiB. Training (autograd, or train mode for the MLP) and other
+        devices are never chunked.
         """
         if max_tokens is not None and max_tokens < 1:
             raise ValueError(f"max_tokens must be a positive token count or None, got {max_tokens}")
