@@ -6,7 +6,7 @@ import torch
 
 import tessera
 from tessera.io.checkpoint import CheckpointError
-from tessera.layers import resample_abs_pos_embed
+from tessera.layers import resample_abs_pos_embed, resize_rel_pos_table
 from tessera.models.vit import ViTConfig, patch_grid_bias
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=5)
@@ -124,6 +124,20 @@ def test_checkpoint_of_other_resolution_is_resampled(tmp_path):
     folder = rel.save_pretrained(tmp_path / "r")
     big = tessera.create_model(rel.arch, img_size=48, checkpoint=folder)
     assert big.blocks[0].rel_pos_bias.table.shape == (11 * 11, 2)
+
+
+def test_checkpoint_of_a_non_square_grid_is_resampled_with_its_saved_grid(tmp_path):
+    """A tessera checkpoint knows its image size: a 4 x 6 grid is not mistaken for a square one."""
+    model = vit(img_size=(32, 48))  # patch 8: a 4 x 6 grid
+    folder = model.save_pretrained(tmp_path / "m")
+    tall = tessera.create_model(model.arch, img_size=(48, 32), checkpoint=folder)  # 6 x 4
+    expected = resample_abs_pos_embed(model.pos_embed, (6, 4), (4, 6), 1)
+    torch.testing.assert_close(tall.pos_embed, expected)
+    rel = vit(img_size=(32, 48), rel_pos_bias=True)
+    folder = rel.save_pretrained(tmp_path / "r")
+    big = tessera.create_model(rel.arch, img_size=(48, 48), checkpoint=folder)  # 6 x 6
+    table = rel.blocks[0].rel_pos_bias.table.detach()  # (2*4 - 1)(2*6 - 1) = 77 offsets
+    torch.testing.assert_close(big.blocks[0].rel_pos_bias.table, resize_rel_pos_table(table, (6, 6), (4, 6)))
 
 
 def test_encoder_api():

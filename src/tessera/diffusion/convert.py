@@ -241,7 +241,7 @@ def from_diffusers(ref: nn.Module) -> UNet:
 
 
 @register_converter("unet")
-def _convert_unet_checkpoint(state: StateDict, model: nn.Module) -> StateDict:
+def _convert_unet_checkpoint(state: StateDict, model: nn.Module, source_config: dict | None = None) -> StateDict:
     """Checkpoint converter: diffusers UNet2DModel keys -> tessera's; tessera's unchanged."""
     if any(k.startswith(("down_blocks.", "up_blocks.", "time_embedding.")) for k in state):
         return state_dict_from_diffusers(state)

@@ -141,7 +141,8 @@ def load_checkpoint(
         strict: every learned tensor of the model must be in the checkpoint.
     """
     state = read_state_dict(path)
-    state = convert_state_dict(state, model)
+    saved = read_tessera_config(path)
+    state = convert_state_dict(state, model, saved["config"] if saved else None)
     expected = model.state_dict()  # non-persistent buffers are not in here
     head_keys = getattr(model, "head_keys", ())
     if drop_head:

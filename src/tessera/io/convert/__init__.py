@@ -1,8 +1,11 @@
 """Converters from foreign checkpoint layouts (timm, transformers, official) to tessera's.
 
-Each model family registers one function `(state_dict, model) -> state_dict`
-that detects the layout from the keys and returns tessera's keys. A state dict
-already in tessera's layout must come back unchanged.
+Each model family registers one function
+`(state_dict, model, source_config) -> state_dict` that detects the layout from
+the keys and returns tessera's keys. `source_config` is the saved model config
+of a tessera checkpoint (None for foreign files): what the keys cannot tell,
+such as the position grid of a non-square image size. A state dict already in
+tessera's layout and fitting the model must come back unchanged.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 StateDict = dict[str, Tensor]
-Converter = Callable[[StateDict, nn.Module], StateDict]
+Converter = Callable[[StateDict, nn.Module, "dict | None"], StateDict]
 
 _CONVERTERS: dict[str, Converter] = {}
 # Modules that register converters; imported lazily on first use.
@@ -30,14 +33,17 @@ def register_converter(family: str) -> Callable[[Converter], Converter]:
     return decorator
 
 
-def convert_state_dict(state: StateDict, model: nn.Module) -> StateDict:
-    """Translate `state` to tessera's layout for `model` (unchanged if already there)."""
+def convert_state_dict(state: StateDict, model: nn.Module, source_config: dict | None = None) -> StateDict:
+    """Translate `state` to tessera's layout for `model` (unchanged if already there).
+
+    `source_config`: the config a tessera checkpoint was saved with, if any.
+    """
     for name in _CONVERTER_MODULES:
         importlib.import_module(f"{__name__}.{name}")
     family = getattr(model, "family", "")
     state = strip_prefix(state, model)
     fn = _CONVERTERS.get(family)
-    return fn(state, model) if fn is not None else state
+    return fn(state, model, source_config) if fn is not None else state
 
 
 def strip_prefix(state: StateDict, model: nn.Module) -> StateDict:

@@ -16,6 +16,6 @@ from tessera.io.convert import StateDict, register_converter
 
 
 @register_converter("mixer")
-def convert_mixer(state: StateDict, model: nn.Module) -> StateDict:
+def convert_mixer(state: StateDict, model: nn.Module, source_config: dict | None = None) -> StateDict:
     """timm / tessera Mixer weights -> tessera's layout: the same names, returned unchanged."""
     return state

@@ -38,7 +38,7 @@ _DERIVED = ("relative_position_index", "attn_mask")  # buffers some layouts save
 
 
 @register_converter("swin")
-def convert_swin(state: StateDict, model: nn.Module) -> StateDict:
+def convert_swin(state: StateDict, model: nn.Module, source_config: dict | None = None) -> StateDict:
     """Translate a timm / transformers / official Swin state dict to tessera's keys for `model`."""
     keys = list(state)
     if any(k.startswith("stages.") for k in keys):

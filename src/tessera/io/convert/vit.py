@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from tessera.io.convert import StateDict, register_converter
-from tessera.layers import resample_abs_pos_embed, resize_rel_pos_table
+from tessera.layers import resample_abs_pos_embed, resize_rel_pos_table, to_2tuple
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,13 @@ def _square_side(n: int) -> int | None:
     return side if side * side == n else None
 
 
-def _fit_positions(state: StateDict, model: nn.Module) -> StateDict:
-    """Resample the checkpoint's position grid and relative-bias tables to the model's grid."""
+def _fit_positions(state: StateDict, model: nn.Module, saved_grid: tuple[int, int] | None = None) -> StateDict:
+    """Resample the checkpoint's position grid and relative-bias tables to the model's grid.
+
+    The checkpoint's grid is `saved_grid` when it holds that many positions
+    (a tessera checkpoint knows its image size), else a square one (timm's
+    and transformers' files do not say; their grids are square).
+    """
     own = model.state_dict()
     grid = tuple(model.patch_grid)
     prefix = model.num_prefix_tokens
@@ -122,23 +127,42 @@ def _fit_positions(state: StateDict, model: nn.Module) -> StateDict:
     if pe is not None and "pos_embed" not in own:
         # A fixed sine-cosine grid stored by timm as a frozen parameter: ours is derived.
         state = {k: v for k, v in state.items() if k != "pos_embed"}
-    elif pe is not None and pe.shape != own["pos_embed"].shape and pe.ndim == 3:
-        side = _square_side(pe.shape[1] - prefix)
-        if side is not None and pe.shape[-1] == own["pos_embed"].shape[-1]:
-            log.info("resampling pos_embed from a %dx%d to a %dx%d grid", side, side, *grid)
-            state = dict(state, pos_embed=resample_abs_pos_embed(pe, grid, (side, side), prefix))
+    elif pe is not None and pe.ndim == 3 and pe.shape[-1] == own["pos_embed"].shape[-1]:
+        n, same_shape = pe.shape[1] - prefix, pe.shape == own["pos_embed"].shape
+        side = _square_side(n)
+        if saved_grid and saved_grid[0] * saved_grid[1] == n:
+            old = None if saved_grid == grid else saved_grid  # 4 x 6 saved, 6 x 4 wanted: resample
+        else:  # a foreign file: a square grid, if the shape does not already fit
+            old = None if same_shape or side is None else (side, side)
+        if old is not None:
+            log.info("resampling pos_embed from a %dx%d to a %dx%d grid", *old, *grid)
+            state = dict(state, pos_embed=resample_abs_pos_embed(pe, grid, old, prefix))
     for key in [k for k in state if k.endswith("rel_pos_bias.table")]:
         table = state[key]
-        if key in own and table.shape != own[key].shape and table.ndim == 2:
-            side = _square_side(table.shape[0])
-            if side is not None and side % 2 and table.shape[1] == own[key].shape[1]:
-                state = dict(state, **{key: resize_rel_pos_table(table, grid, ((side + 1) // 2,) * 2)})
+        if key not in own or table.ndim != 2 or table.shape[1] != own[key].shape[1]:
+            continue
+        rows, side = table.shape[0], _square_side(table.shape[0])  # (2h - 1)(2w - 1) offsets
+        if saved_grid and (2 * saved_grid[0] - 1) * (2 * saved_grid[1] - 1) == rows:
+            old = None if saved_grid == grid else saved_grid
+        else:  # a foreign file: the table of a square grid, if the shape does not already fit
+            old = None if table.shape == own[key].shape or side is None or not side % 2 else ((side + 1) // 2,) * 2
+        if old is not None:
+            state = dict(state, **{key: resize_rel_pos_table(table, grid, old)})
     return state
 
 
 @register_converter("vit")
-def convert_vit(state: StateDict, model: nn.Module) -> StateDict:
+def convert_vit(state: StateDict, model: nn.Module, source_config: dict | None = None) -> StateDict:
     """timm / transformers / tessera ViT or DeiT weights -> tessera's layout for `model`."""
     if any(k.endswith(_HF_MARK) for k in state):
         state = _from_transformers(state, model)
-    return _fit_positions(state, model)
+    return _fit_positions(state, model, _saved_grid(source_config))
+
+
+def _saved_grid(source_config: dict | None) -> tuple[int, int] | None:
+    """The patch grid a tessera checkpoint was trained on, from its saved config (None if unknown)."""
+    if not source_config or "img_size" not in source_config or "patch_size" not in source_config:
+        return None
+    h, w = to_2tuple(source_config["img_size"])
+    p = source_config["patch_size"]
+    return (h // p, w // p)
