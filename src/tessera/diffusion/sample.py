@@ -36,7 +36,7 @@ DEFAULT_SPEC: dict[str, Any] = {
 def load_diffusion_run(folder: str | Path) -> tuple[UNet, NoiseSchedule, dict[str, Any]]:
     """The UNet (eval mode), its NoiseSchedule and the run's diffusion spec from a run folder (or RUN/best)."""
     from tessera.io.checkpoint import load_checkpoint, read_tessera_config
-    from tessera.models._base import config_from_dict
+    from tessera.core.base import config_from_dict
 
     folder = Path(folder)
     if not folder.exists():

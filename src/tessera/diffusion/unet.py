@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from tessera.layers import Attention, check_image_batch
-from tessera.models._base import TesseraModel, replace_config
+from tessera.core.base import TesseraModel, replace_config
+from tessera.core.registry import create_model, list_models, register_model
 
 __all__ = [
     "UNet",
@@ -281,8 +282,21 @@ class UNet(TesseraModel):
                 f"{len(self.config.widths) - 1} times), got {x.shape[-2]}x{x.shape[-1]}"
             )
 
-    def forward(self, x: Tensor, t: Tensor | int, y: Tensor | None = None) -> Tensor:
-        """eps_theta(x_t, t): x_t (B, C, H, W), t (B,) or a scalar, y (B,) class labels -> (B, C, H, W)."""
+    def example_inputs(self, batch_size: int = 2) -> tuple:
+        """(x_t, t, labels): a noisy batch, timesteps, and class labels when the UNet is conditional."""
+        c = self.config
+        x = torch.randn(batch_size, c.in_chans, c.img_size, c.img_size)
+        t = torch.randint(0, 1000, (batch_size,))
+        return (x, t, torch.randint(0, c.num_classes, (batch_size,))) if c.num_classes else (x, t)
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(C, H, W) of x_t at the training resolution."""
+        return (self.config.in_chans, self.config.img_size, self.config.img_size)
+
+    def forward(self, x: Tensor, t: Tensor | int, cond: Tensor | None = None) -> Tensor:
+        """eps_theta(x_t, t): x_t (B, C, H, W), t (B,) or a scalar, cond (B,) class labels -> (B, C, H, W)."""
+        y = cond
         self.check_input(x)
         B = x.shape[0]
         t = torch.as_tensor(t, device=x.device)
@@ -317,45 +331,38 @@ class UNet(TesseraModel):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-# ---------------------------------------------------------------- presets
+# ---------------------------------------------------------------- registry
 
-_PRESETS: dict[str, UNetConfig] = {
-    # Ho et al. 2020, CIFAR-10: ch 128, ch_mult (1, 2, 2, 2), 2 res blocks, attention at 16x16, dropout 0.1.
-    "unet_ddpm_cifar10": UNetConfig(),
-    # 32x32 grayscale digits on a shared 2-core CPU: 0.69M parameters, 94M MACs per image (widths
-    # (32, 64, 64) would cost 2.6x more for the same blurry 8x8-born digits); attention at 8x8.
-    "unet_digits": UNetConfig(
-        img_size=32, in_chans=1, widths=(16, 32, 64), depth=1, attn_resolutions=(8,),
-        dropout=0.0, norm_groups=8,
-    ),
-}
+# Tiny variant for the registry-wide contract tests.
+_TINY = dict(img_size=16, widths=(8, 16), depth=1, attn_resolutions=(8,), norm_groups=4, dropout=0.0)
+
+
+@register_model("unet_ddpm_cifar10", kind="denoiser", tiny=_TINY)
+def unet_ddpm_cifar10(**overrides) -> UNet:
+    """Ho et al. 2020, CIFAR-10: ch 128, ch_mult (1, 2, 2, 2), 2 res blocks, attention at 16x16 (35.7M)."""
+    return UNet(replace_config(UNetConfig(), **overrides))
+
+
+@register_model("unet_digits", kind="denoiser", tiny=_TINY)
+def unet_digits(**overrides) -> UNet:
+    """A small UNet for 32x32 grayscale digits.
+
+    0.69M parameters, 94M MACs per image on a 2-core CPU (widths (32, 64, 64) would cost
+    2.6x more for the same blurry 8x8-born digits); attention at 8x8.
+    """
+    base = UNetConfig(
+        img_size=32, in_chans=1, widths=(16, 32, 64), depth=1, attn_resolutions=(8,), dropout=0.0, norm_groups=8
+    )
+    return UNet(replace_config(base, **overrides))
 
 
 def list_unets() -> list[str]:
-    """Names of the UNet presets."""
-    return sorted(_PRESETS)
+    """Deprecated: `tessera.list_models(kind="denoiser")`."""
+    warnings.warn("list_unets is deprecated; use tessera.list_models(kind='denoiser')", DeprecationWarning, 2)
+    return list_models(kind="denoiser")
 
 
 def create_unet(name: str = "unet_ddpm_cifar10", **overrides) -> UNet:
-    """A UNet preset by name, with config fields overridden (a misspelt field raises ValueError)."""
-    if name not in _PRESETS:
-        raise ValueError(f"unknown UNet preset {name!r}; choose from {list_unets()}")
-    model = UNet(replace_config(_PRESETS[name], **overrides))
-    model.arch = name
-    return model
-
-
-def unet_ddpm_cifar10(**overrides) -> UNet:
-    """DDPM's CIFAR-10 UNet (35.7M parameters)."""
-    return create_unet("unet_ddpm_cifar10", **overrides)
-
-
-def unet_digits(**overrides) -> UNet:
-    """A small UNet for 32x32 grayscale digits."""
-    return create_unet("unet_digits", **overrides)
-
-
-PRESET_BUILDERS: dict[str, Callable[..., UNet]] = {
-    "unet_ddpm_cifar10": unet_ddpm_cifar10,
-    "unet_digits": unet_digits,
-}
+    """Deprecated: `tessera.create_model(name, **overrides)`."""
+    warnings.warn("create_unet is deprecated; use tessera.create_model(name)", DeprecationWarning, 2)
+    return create_model(name, **overrides)

@@ -1,9 +1,6 @@
-"""Recognition backbones (one module per paper) and the registry."""
+"""Recognition backbones, one module per paper; importing a module registers its names."""
 
-from tessera.models._base import TesseraModel
-from tessera.models._registry import create_model, get_builder, list_models, register_model, tiny_overrides
-
-# Importing a family registers its names.
-from tessera.models import mixer, swin, vit  # noqa: E402,F401
+from tessera.core import TesseraModel, create_model, get_builder, list_models, register_model, tiny_overrides
+from tessera.models import mixer, swin, vit  # noqa: F401  (this family's own modules)
 
 __all__ = ["TesseraModel", "create_model", "get_builder", "list_models", "register_model", "tiny_overrides"]

@@ -22,8 +22,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from tessera.layers import DropPath, Mlp, PatchEmbed, check_image_batch, drop_path_rates, to_2tuple
-from tessera.models._base import TesseraModel, replace_config
-from tessera.models._registry import register_model
+from tessera.core.base import TesseraModel, replace_config
+from tessera.core.registry import register_model
 
 LN_EPS = 1e-6
 
@@ -172,7 +172,7 @@ def _register(name: str, size: str, patch: int) -> None:
 
     build.__name__ = name
     build.__doc__ = f"{name}: Mixer-{size.upper()}/{patch} at 224 px."
-    register_model(name, tiny=_TINY)(build)
+    register_model(name, kind=("classifier", "encoder"), tiny=_TINY)(build)
 
 
 for _size in ("s", "b", "l"):

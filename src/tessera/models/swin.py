@@ -39,8 +39,8 @@ from torch.utils.checkpoint import checkpoint
 
 from tessera.layers import DropPath, Mlp, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
 from tessera.layers.window_attention import WindowAttention, shift_mask, shifted_window_order
-from tessera.models._base import TesseraModel, replace_config
-from tessera.models._registry import register_model
+from tessera.core.base import TesseraModel, replace_config
+from tessera.core.registry import register_model
 
 PosEmbed = Literal["rel", "none", "abs", "abs+rel"]
 
@@ -478,25 +478,25 @@ def _build(base: SwinConfig, overrides: dict) -> SwinTransformer:
 # T / S / B; the 384 models are ImageNet-22K -> 1K fine-tunes, 0.2 in the official configs.
 
 
-@register_model("swin_tiny_patch4_window7_224", tiny=_TINY)
+@register_model("swin_tiny_patch4_window7_224", kind=("classifier", "encoder"), tiny=_TINY)
 def swin_tiny_patch4_window7_224(**kw) -> SwinTransformer:
     """Swin-T: C = 96, depths 2-2-6-2, 28.3M params, 4.5G MACs at 224."""
     return _build(SwinConfig(drop_path_rate=0.2), kw)
 
 
-@register_model("swin_small_patch4_window7_224", tiny=_TINY)
+@register_model("swin_small_patch4_window7_224", kind=("classifier", "encoder"), tiny=_TINY)
 def swin_small_patch4_window7_224(**kw) -> SwinTransformer:
     """Swin-S: C = 96, depths 2-2-18-2, 50M params, 8.7G MACs at 224."""
     return _build(SwinConfig(depths=(2, 2, 18, 2), drop_path_rate=0.3), kw)
 
 
-@register_model("swin_base_patch4_window7_224", tiny=_TINY)
+@register_model("swin_base_patch4_window7_224", kind=("classifier", "encoder"), tiny=_TINY)
 def swin_base_patch4_window7_224(**kw) -> SwinTransformer:
     """Swin-B: C = 128, depths 2-2-18-2, 88M params, 15.4G MACs at 224."""
     return _build(SwinConfig(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), drop_path_rate=0.5), kw)
 
 
-@register_model("swin_base_patch4_window12_384", tiny=_TINY)
+@register_model("swin_base_patch4_window12_384", kind=("classifier", "encoder"), tiny=_TINY)
 def swin_base_patch4_window12_384(**kw) -> SwinTransformer:
     """Swin-B at 384 with 12 x 12 windows: 88M params, 47.0G MACs."""
     base = SwinConfig(
@@ -505,7 +505,7 @@ def swin_base_patch4_window12_384(**kw) -> SwinTransformer:
     return _build(base, kw)
 
 
-@register_model("swin_large_patch4_window12_384", tiny=_TINY)
+@register_model("swin_large_patch4_window12_384", kind=("classifier", "encoder"), tiny=_TINY)
 def swin_large_patch4_window12_384(**kw) -> SwinTransformer:
     """Swin-L at 384 with 12 x 12 windows: 197M params, 103.9G MACs."""
     base = SwinConfig(

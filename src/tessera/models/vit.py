@@ -41,8 +41,8 @@ from tessera.layers import (
     sincos_2d,
     to_2tuple,
 )
-from tessera.models._base import TesseraModel, replace_config
-from tessera.models._registry import register_model
+from tessera.core.base import TesseraModel, replace_config
+from tessera.core.registry import register_model
 
 LN_EPS = 1e-6  # timm's and the original JAX code's LayerNorm epsilon
 
@@ -432,7 +432,7 @@ def _register(name: str, size: str, patch: int, img: int, **fixed) -> None:
 
     build.__name__ = name
     build.__doc__ = f"{name}: ViT-{size} with {patch}x{patch} patches at {img} px."
-    register_model(name, tiny=_TINY)(build)
+    register_model(name, kind=("classifier", "encoder"), tiny=_TINY)(build)
 
 
 for _size in ("tiny", "small", "base", "large"):

@@ -66,7 +66,7 @@ class TesseraModel(nn.Module):
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"architecture": self.arch, "config": config_to_dict(self.config)}
+        meta = {"architecture": self.architecture, "config": config_to_dict(self.config)}
         text = json.dumps(meta, indent=2)
         _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text))
         _atomic_write(
@@ -74,6 +74,28 @@ class TesseraModel(nn.Module):
             lambda p: save_model(self, str(p), metadata={"format": "pt", "tessera": text}),
         )
         return folder
+
+    @property
+    def architecture(self) -> str:
+        """The registered name saved with the weights: the builder's, else one that builds this class."""
+        if not self.arch:
+            from tessera.core.registry import name_for_class
+
+            self.arch = name_for_class(type(self))
+        if not self.arch:
+            raise ValueError(
+                f"{type(self).__name__} has no registered builder; register one with "
+                "tessera.register_model so that a saved folder can be loaded back by name"
+            )
+        return self.arch
+
+    def example_inputs(self, batch_size: int = 2) -> tuple:
+        """Positional inputs of the right shapes for a smoke run: one (B, C, H, W) image batch."""
+        return (torch.randn(batch_size, *self.input_size),)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward (less memory); models with blocks override this."""
+        self.grad_checkpointing = enable
 
     @property
     def input_size(self) -> tuple[int, int, int]:
