@@ -53,7 +53,7 @@ def model_throughput(
 
 def plain_loop_throughput(model: nn.Module, loader: DataLoader, warmup: int) -> float:
     """Images/s of a hand-written training loop (AdamW + warm-up/cosine LR per step) over `loader`."""
-    from tessera.train.classification import param_groups, warmup_cosine
+    from tessera.train.optim import param_groups, warmup_cosine
 
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-3)
     total = len(loader)

@@ -37,15 +37,23 @@ def count_macs(model: nn.Module, *inputs: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def profile(model: nn.Module, input_size: tuple[int, int, int] = (3, 224, 224)) -> tuple[int, int]:
-    """(parameters, MACs) of `model` on one image of `input_size` = (C, H, W)."""
+def profile(model: nn.Module, input_size: tuple[int, int, int] | None = (3, 224, 224)) -> tuple[int, int]:
+    """(parameters, MACs) of `model` on one image of `input_size` = (C, H, W).
+
+    With `input_size=None` the model's own `example_inputs(1)` are used: the way
+    to profile kinds whose forward takes more than an image (a denoiser's t).
+    """
     params = sum(p.numel() for p in model.parameters())
     was_training = model.training
     model.eval()
     try:
         p = next(model.parameters(), None)
-        x = torch.zeros(1, *input_size, dtype=p.dtype if p is not None else torch.float32)
-        macs = count_macs(model, x)
+        dtype = p.dtype if p is not None else torch.float32
+        if input_size is None:
+            inputs = tuple(x.to(dtype) if x.is_floating_point() else x for x in model.example_inputs(1))
+        else:
+            inputs = (torch.zeros(1, *input_size, dtype=dtype),)
+        macs = count_macs(model, *inputs)
     finally:
         model.train(was_training)
     return params, macs

@@ -93,6 +93,10 @@ class TesseraModel(nn.Module):
         """Positional inputs of the right shapes for a smoke run: one (B, C, H, W) image batch."""
         return (torch.randn(batch_size, *self.input_size),)
 
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names trained without weight decay besides the 1-D ones (position tables, tokens)."""
+        return set()
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward (less memory); models with blocks override this."""
         self.grad_checkpointing = enable

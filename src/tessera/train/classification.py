@@ -9,7 +9,6 @@ top-1 / top-5 accuracy, and a test confusion matrix.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
@@ -20,28 +19,7 @@ from torch import Tensor, nn
 
 from tessera.data.transforms import MixupCutmix
 from tessera.train.callbacks import EMAHost
-
-# Parameter names that are embeddings or tables rather than weights: no weight decay.
-_NO_DECAY = ("pos_embed", "cls_token", "dist_token", "rel_pos", "position_bias", "table", "mask_token")
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on matrices, none on 1-D parameters (norms, biases) and embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or any(k in name for k in _NO_DECAY) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """LR multiplier: linear from 1/warmup to 1 over `warmup` steps, then cosine down to `min_ratio`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
+from tessera.train.optim import adamw_warmup_cosine, param_groups, warmup_cosine  # noqa: F401  (re-exported)
 
 def topk_correct(logits: Tensor, y: Tensor, ks: tuple[int, ...]) -> list[Tensor]:
     """Number of samples whose class is among the top-k logits, for each k (k capped at the class count)."""
@@ -161,10 +139,11 @@ class ClassificationTask(EMAHost, L.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW + per-step warm-up/cosine schedule over the whole run."""
         hp = self.hparams
-        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(round(hp.warmup_fraction * total)))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, hp.min_lr_ratio))
+        opt, sched = adamw_warmup_cosine(
+            self.model, lr=hp.lr, weight_decay=hp.weight_decay, betas=hp.betas,
+            total_steps=self.trainer.estimated_stepping_batches,
+            warmup_fraction=hp.warmup_fraction, min_lr_ratio=hp.min_lr_ratio,
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ------------------------------------------------------------- evaluation

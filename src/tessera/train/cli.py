@@ -70,16 +70,21 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "checkpoint": {"every_n_train_steps": 100},
 }
 
-# Modules whose LightningModules / DataModules may be named by short class name.
-_TASK_MODULES = ("tessera.train", "tessera.data", "tessera.train.diffusion")
-
-
 def _import_tasks() -> None:
-    for name in _TASK_MODULES:
-        try:
-            importlib.import_module(name)
-        except ImportError as err:  # a task family not in this build
-            log.debug("skipping %s: %s", name, err)
+    """Import every module of `tessera.train` and `tessera.data`, so that configs may name
+    any task or DataModule by its short class name; a new task is a new module, no list to edit."""
+    import pkgutil
+
+    import tessera.data
+    import tessera.train
+
+    for package in (tessera.train, tessera.data):
+        for info in pkgutil.iter_modules(package.__path__):
+            name = f"{package.__name__}.{info.name}"
+            try:
+                importlib.import_module(name)
+            except ImportError as err:  # an optional dependency of a task family is missing
+                log.debug("skipping %s: %s", name, err)
 
 
 def _has_config(argv: list[str]) -> bool:

@@ -28,7 +28,7 @@ from tessera.diffusion.samplers import DDIMSampler
 from tessera.diffusion.schedule import NoiseSchedule
 from tessera.diffusion.unet import UNet, create_unet
 from tessera.train.callbacks import EMAHost
-from tessera.train.classification import warmup_cosine
+from tessera.train.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class DiffusionTask(EMAHost, L.LightningModule):
     def configure_optimizers(self) -> Any:
         """AdamW (DDPM: Adam, no decay) with linear warm-up, then constant or cosine."""
         hp = self.hparams
-        opt = torch.optim.AdamW(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, min(hp.warmup_steps, total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, warmup, hp.min_lr_ratio))
