@@ -146,14 +146,18 @@ def test_encoder_api():
     with torch.no_grad():
         tokens = model.forward_tokens(x)
         assert tokens.shape == (2, 1 + 16, 32)
-        inter = model.forward_intermediates(x, [0, -1], norm=True)
-        assert [t.shape for t in inter] == [(2, 17, 32)] * 2
-        torch.testing.assert_close(inter[-1], model.forward_features(x))
+        inter, prefix = model.forward_intermediates(x, [0, -1], norm=True, return_prefix_tokens=True)
+        assert [t.shape for t in inter] == [(2, 32, 4, 4)] * 2
+        assert [t.shape for t in prefix] == [(2, 1, 32)] * 2
+        feats = model.forward_features(x)
+        torch.testing.assert_close(prefix[-1], feats[:, :1])
+        torch.testing.assert_close(inter[-1].flatten(2).transpose(1, 2), feats[:, 1:])
         assert len(model.forward_intermediates(x, 2)) == 2
+        assert len(model.forward_intermediates(x)) == len(model.feature_info) == 3
         assert not torch.allclose(inter[0], inter[1])
     with pytest.raises(ValueError, match="out of range"):
         model.forward_intermediates(x, [3])
-    with pytest.raises(ValueError, match="mask=None"):
+    with pytest.raises(ValueError, match="use_mask_token=True"):
         model.forward_tokens(x, mask=torch.zeros(2, 16, dtype=torch.bool))
 
 

@@ -59,6 +59,7 @@ class TesseraModel(nn.Module):
         super().__init__()
         self.config = config
         self.arch: str = ""
+        self.grad_checkpointing = False
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Write `model.safetensors` (weights, config in metadata) and `config.json`."""

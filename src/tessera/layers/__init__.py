@@ -1,9 +1,10 @@
 """Building blocks shared by every tessera model."""
 
 from tessera.layers.attention import Attention, CrossAttention, attend
+from tessera.layers.checkpoint import checkpointed
 from tessera.layers.drop_path import DropPath, drop_path, drop_path_rates
 from tessera.layers.mlp import Mlp
-from tessera.layers.patch_embed import PatchEmbed, check_image_batch, to_2tuple
+from tessera.layers.patch_embed import PatchEmbed, check_image_batch, check_token_mask, to_2tuple
 from tessera.layers.pos_embed import (
     RelativePositionBias,
     relative_position_index,
@@ -27,6 +28,8 @@ __all__ = [
     "RelativePositionBias",
     "attend",
     "check_image_batch",
+    "checkpointed",
+    "check_token_mask",
     "drop_path",
     "drop_path_rates",
     "relative_position_index",

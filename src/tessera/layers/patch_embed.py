@@ -69,3 +69,16 @@ class PatchEmbed(nn.Module):
             x = F.pad(x, (0, -x.shape[3] % pw, 0, -x.shape[2] % ph))
         x = self.proj(x).permute(0, 2, 3, 1)  # (B, H', W', C)
         return self.norm(x)
+
+
+def check_token_mask(mask: Tensor, batch: int, num_patches: int, has_mask_token: bool) -> None:
+    """Raise a ValueError unless `mask` is a (B, N_patches) bool tensor and the model has a mask token."""
+    if not has_mask_token:
+        raise ValueError(
+            "this encoder was built without a mask token: build it with use_mask_token=True to pass a mask"
+        )
+    if mask.dtype != torch.bool or tuple(mask.shape) != (batch, num_patches):
+        raise ValueError(
+            f"mask must be a bool tensor of shape (B, N_patches) = ({batch}, {num_patches}), "
+            f"got {mask.dtype} of shape {tuple(mask.shape)}"
+        )

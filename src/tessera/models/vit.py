@@ -34,6 +34,8 @@ from tessera.layers import (
     PatchEmbed,
     RelativePositionBias,
     check_image_batch,
+    check_token_mask,
+    checkpointed,
     drop_path_rates,
     relative_position_index,
     resample_abs_pos_embed,
@@ -73,6 +75,9 @@ class ViTConfig:
     pre_logits_dim: int | None = None
     hybrid_stem: bool = False  # the notes' CNN-backbone patch embedding
     dynamic_img_size: bool = False  # accept any patch multiple, resampling positions on the fly
+    # A learned token that replaces masked patch embeddings (SimMIM, iBOT); off by
+    # default so that timm / transformers checkpoints, which have none, load strictly.
+    use_mask_token: bool = False
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
 
@@ -224,6 +229,7 @@ class VisionTransformer(TesseraModel):
             self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, C)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, C)) if c.distilled else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, C)) if c.use_mask_token else None
         N = self.patch_grid[0] * self.patch_grid[1]
         if c.pos_embed == "learn":
             self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + N, C))
@@ -250,7 +256,10 @@ class VisionTransformer(TesseraModel):
         self.head = self._make_head(c.num_classes)
         self.head_dist = self._make_head(c.num_classes) if c.distilled else None
         self.apply(_init_weights)
-        for p in (self.cls_token, self.dist_token, self.pos_embed):
+        self.feature_info = [
+            {"num_chs": C, "reduction": c.patch_size, "module": f"blocks.{i}"} for i in range(c.depth)
+        ]
+        for p in (self.cls_token, self.dist_token, self.mask_token, self.pos_embed):
             if isinstance(p, nn.Parameter):
                 nn.init.trunc_normal_(p, std=0.02)
 
@@ -293,13 +302,19 @@ class VisionTransformer(TesseraModel):
             return self._sincos(grid).to(self.pos_embed)
         return resample_abs_pos_embed(self.pos_embed, grid, self.patch_grid, self.num_prefix_tokens)
 
-    def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """Images (B, C_in, H, W) -> tokens z_0 (B, prefix + H'W', C) and the grid (H', W')."""
+    def _embed(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
+        """Images (B, C_in, H, W) -> tokens z_0 (B, prefix + H'W', C) and the grid (H', W').
+
+        Where `mask` (B, H'W') is True the patch embedding is replaced by the mask token.
+        """
         grid = self._check_size(x)
         if self.stem is not None:
             x = self.stem(x)  # (B, C/2, H/4, W/4)
         x = self.patch_embed(x).flatten(1, 2)  # (B, H', W', C) -> (B, H'W', C)
         B = x.shape[0]
+        if mask is not None:
+            check_token_mask(mask, B, x.shape[1], self.mask_token is not None)
+            x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
         prefix = [t.expand(B, -1, -1) for t in (self.cls_token, self.dist_token) if t is not None]
         z = torch.cat([*prefix, x], dim=1)  # (B, prefix + H'W', C): [CLS, dist, patches]
         pos = self._position_embedding(grid)
@@ -309,45 +324,68 @@ class VisionTransformer(TesseraModel):
 
     # ----------------------------------------------------------------- encoder API
 
+    def _run_blocks(self, z: Tensor, grid: tuple[int, int]) -> Tensor:
+        for blk in self.blocks:
+            z = checkpointed(blk, z, grid, enabled=self.grad_checkpointing)
+        return z
+
     def forward_tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """Encoder output after the final LN, prefix tokens first.
 
         Args:
             x: images (B, C_in, H, W).
-            mask: reserved for masked-image modelling, (B, N_patches) bool where True
-                marks a patch to replace by a mask token. Not implemented yet:
-                only None is accepted.
+            mask: (B, N_patches) bool; True replaces that patch's embedding by the
+                learned mask token (needs `use_mask_token=True`).
 
         Returns:
             y = LN(z_L), shape (B, prefix + H'W', C).
         """
-        if mask is not None:
-            raise ValueError("forward_tokens(mask=...) is not supported yet by VisionTransformer; pass mask=None")
-        z, grid = self._embed(x)
-        for blk in self.blocks:
-            z = blk(z, grid)
-        return self.norm(z)
+        z, grid = self._embed(x, mask)
+        return self.norm(self._run_blocks(z, grid))
 
-    def forward_intermediates(self, x: Tensor, indices: int | list[int], norm: bool = False) -> list[Tensor]:
-        """Token outputs of selected blocks, each (B, prefix + H'W', C).
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
+        """Outputs of selected blocks as maps (B, C, H', W') on the patch grid.
 
         Args:
             x: images (B, C_in, H, W).
-            indices: block indices (negative counts from the end), or an int n for the last n blocks.
+            indices: block indices (negative counts from the end), an int n for the
+                last n blocks, or None for every block (`feature_info` lists them).
             norm: apply the final LN to each (then the last block's equals `forward_tokens`).
+            return_prefix_tokens: also return each block's prefix tokens (B, prefix, C),
+                CLS first (DPT's read-out).
         """
         depth = len(self.blocks)
-        idx = list(range(depth - indices, depth)) if isinstance(indices, int) else list(indices)
+        if indices is None:
+            idx = list(range(depth))
+        elif isinstance(indices, int):
+            idx = list(range(depth - indices, depth))
+        else:
+            idx = list(indices)
         if not idx or any(not -depth <= i < depth for i in idx):
             raise ValueError(f"block indices {indices} out of range for a depth-{depth} encoder")
         idx = [i % depth for i in idx]
         z, grid = self._embed(x)
         out: dict[int, Tensor] = {}
         for i, blk in enumerate(self.blocks[: max(idx) + 1]):
-            z = blk(z, grid)
+            z = checkpointed(blk, z, grid, enabled=self.grad_checkpointing)
             if i in idx:
                 out[i] = self.norm(z) if norm else z
-        return [out[i] for i in idx]
+        tokens = [out[i] for i in idx]
+        P = self.num_prefix_tokens
+        # (B, prefix + H'W', C) -> (B, C, H', W')
+        maps = [t[:, P:].transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid) for t in tokens]
+        return (maps, [t[:, :P] for t in tokens]) if return_prefix_tokens else maps
+
+    def no_weight_decay(self) -> set[str]:
+        """Position table and tokens train without weight decay (timm / DeiT)."""
+        names = ("pos_embed", "cls_token", "dist_token", "mask_token")
+        return {n for n, _ in self.named_parameters() if n in names}
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> normalised tokens (B, prefix + H'W', C)."""
