@@ -75,3 +75,62 @@ def test_fit_on_a_flat_image_folder_runs_two_steps(tmp_path):
     assert lightning_main(_fit_argv(tmp_path / "data", run)) == 0
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    arr = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(arr, "RGB").save(path, format="JPEG", quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # header intact, scan data cut
+    return path
+
+
+def test_truncated_jpeg_fails_the_check_before_training(tmp_path):
+    root = _image_tree(tmp_path / "data")
+    bad = _truncated_jpeg(root / "cat" / "cut.jpg")
+    with pytest.raises(CorruptImageError, match="cut.jpg"):
+        ImageFolder(root, img_size=16)
+    ds = ImageFolder(root, img_size=16, on_error="skip")
+    assert ds.skipped == [bad] and len(ds) == 10
+    # the quick header check alone does not see it (that is what the decode check is for)
+    assert len(ImageFolder(root, img_size=16, check="header")) == 11
+
+
+def test_skip_with_every_file_bad_is_a_clear_error(tmp_path):
+    root = tmp_path / "data"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            _truncated_jpeg(root / c / f"{i}.jpg")
+    with pytest.raises(ValueError, match="no readable images"):
+        ImageFolderDataModule(root, img_size=16, num_workers=0, on_error="skip").setup("fit")
+    # files that break after the check: a bounded search, then a clear error (was RecursionError)
+    ds = ImageFolder(root, img_size=16, on_error="skip", check="header")
+    with pytest.raises(CorruptImageError, match="none of its 6 images"):
+        ds[(0, 1)]
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = _image_tree(tmp_path / "data")
+    (root / "zebra").mkdir()
+    with pytest.raises(ValueError, match="'zebra'"):
+        ImageFolderDataModule(root, img_size=16, num_workers=0).setup("fit")
+    (root / "zebra" / "x.jpg").write_bytes(b"not an image")  # a class whose only file is unreadable
+    with pytest.raises(ValueError, match="'zebra'.*no readable images"):
+        ImageFolder(root, img_size=16, on_error="skip")
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_16_bit_png_mid_grey_reads_half(tmp_path, in_chans):
+    path = tmp_path / "g16.png"
+    Image.fromarray(np.full((4, 4), 32768, np.uint16)).save(path)
+    x = load_image(path, in_chans)
+    assert x.shape == (in_chans, 4, 4)
+    assert x.max().item() == pytest.approx(0.5, abs=1e-4) and x.min().item() == pytest.approx(0.5, abs=1e-4)
+
+
+def test_predict_batch_size_zero_is_a_clear_error(tmp_path, capsys):
+    from tessera.cli import main
+
+    code = main(["predict", "--checkpoint", str(tmp_path), "--images", "a.png", "--batch-size", "0"])
+    assert code == 2 and "--batch-size must be >= 1, got 0" in capsys.readouterr().err

@@ -234,10 +234,12 @@ def predict_main(argv: list[str]) -> int:
     parser.add_argument("--images", nargs="+", required=True, help="image files (PNG/JPEG/WebP)")
     parser.add_argument("--topk", type=int, default=5, help="classes to print per image")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     args = parser.parse_args(argv)
     if args.topk < 1:
         raise ValueError(f"--topk must be >= 1, got {args.topk}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     model, pre = load_run(args.checkpoint)
     resize, norm = Resize(int(pre["img_size"])), Normalize(pre["mean"], pre["std"])
     names = pre["class_names"]
