@@ -36,7 +36,8 @@ def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
 def main() -> None:
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    from tessera.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule, create_unet
+    import tessera
+    from tessera.diffusion import DDIMSampler, DDPMSampler, NoiseSchedule
     from tessera.diffusion.convert import to_diffusers
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -52,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     overrides = dict(widths=(32, 64), depth=1, attn_resolutions=(16,)) if args.quick else {}
-    model = create_unet(args.preset, **overrides).eval()
+    model = tessera.create_model(args.preset, **overrides).eval()
     ref = to_diffusers(model).eval()
     c, h, w = model.input_size
     shape = (args.batch, c, h, w)

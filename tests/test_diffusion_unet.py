@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import tessera
 from tessera.diffusion import UNet, UNetConfig, create_unet, unet_ddpm_cifar10
 from tessera.diffusion.convert import (
     config_from_diffusers,
@@ -18,7 +19,7 @@ TINY = dict(img_size=16, widths=(16, 32), depth=1, attn_resolutions=(8,), norm_g
 
 
 def _tiny(**kw) -> UNet:
-    return create_unet("unet_ddpm_cifar10", **{**TINY, **kw})
+    return tessera.create_model("unet_ddpm_cifar10", **{**TINY, **kw})
 
 
 def _randomise(model):
@@ -105,7 +106,7 @@ def test_cifar10_preset_has_35_7m_parameters():
 
 @pytest.mark.slow
 def test_digits_preset_forward():
-    model = create_unet("unet_digits").eval()
+    model = tessera.create_model("unet_digits").eval()
     with torch.no_grad():
         assert model(torch.randn(2, 1, 32, 32), torch.tensor([0, 999])).shape == (2, 1, 32, 32)
 
@@ -129,8 +130,15 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="img_size 20 is not divisible"):
         UNetConfig(img_size=20)
     with pytest.raises(ValueError, match="valid fields"):
-        create_unet("unet_digits", width=3)
-    with pytest.raises(ValueError, match="unknown UNet preset"):
-        create_unet("unet_huge")
+        tessera.create_model("unet_digits", width=3)
+    with pytest.raises(ValueError, match="unknown model 'unet_huge'"):
+        tessera.create_model("unet_huge")
     with pytest.raises(ValueError, match="flip_sin_to_cos"):
         config_from_diffusers({**to_diffusers_config(model.config), "flip_sin_to_cos": True})
+
+
+def test_create_unet_is_a_deprecated_alias_of_create_model():
+    with pytest.warns(DeprecationWarning, match="create_model"):
+        model = create_unet("unet_digits", widths=(8, 16, 16), norm_groups=4)
+    assert model.arch == "unet_digits" and model.config.widths == (8, 16, 16)
+    assert tessera.model_kinds("unet_digits") == ("denoiser",)

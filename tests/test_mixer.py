@@ -91,5 +91,5 @@ def test_bad_input_and_config():
         model(torch.randn(1, 4, 32, 32))
     with pytest.raises(ValueError, match="multiple of patch_size"):
         MixerConfig(img_size=30, patch_size=8)
-    with pytest.raises(ValueError, match="mask=None"):
+    with pytest.raises(ValueError, match="use_mask_token=True"):
         model.forward_tokens(torch.randn(1, 3, 32, 32), mask=torch.ones(1, 16, dtype=torch.bool))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from tessera.layers import Attention, check_image_batch
+from tessera.layers import Attention, check_image_batch, checkpointed
 from tessera.core.base import TesseraModel, replace_config
 from tessera.core.registry import create_model, list_models, register_model
 
@@ -315,7 +315,7 @@ class UNet(TesseraModel):
         skips = [h]
         for level in self.down:
             for i in range(len(level.blocks)):
-                h = level.block(i, h, temb)
+                h = checkpointed(level.block, i, h, temb, enabled=self.grad_checkpointing)
                 skips.append(h)
             if level.resample is not None:
                 h = level.resample(h)                                    # (B, C, H/2, W/2)
@@ -325,7 +325,8 @@ class UNet(TesseraModel):
 
         for level in self.up:
             for i in range(len(level.blocks)):
-                h = level.block(i, torch.cat([h, skips.pop()], dim=1), temb)  # concat the skip along C
+                h = torch.cat([h, skips.pop()], dim=1)  # concat the skip along C
+                h = checkpointed(level.block, i, h, temb, enabled=self.grad_checkpointing)
             if level.resample is not None:
                 h = level.resample(h)                                    # (B, C, 2H, 2W)
         return self.conv_out(F.silu(self.norm_out(h)))

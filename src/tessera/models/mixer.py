@@ -18,10 +18,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from tessera.layers import DropPath, Mlp, PatchEmbed, check_image_batch, drop_path_rates, to_2tuple
+from tessera.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    check_image_batch,
+    check_token_mask,
+    checkpointed,
+    drop_path_rates,
+    to_2tuple,
+)
 from tessera.core.base import TesseraModel, replace_config
 from tessera.core.registry import register_model
 
@@ -42,6 +52,9 @@ class MixerConfig:
     channels_mlp_dim: int = 3072  # D_C
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
+    # A learned token replacing masked patch embeddings (masked-image modelling); off
+    # by default so that timm checkpoints, which have none, load strictly.
+    use_mask_token: bool = False
 
     def __post_init__(self) -> None:
         h, w = to_2tuple(self.img_size)
@@ -89,7 +102,10 @@ class MlpMixer(TesseraModel):
         self.patch_grid = (img[0] // c.patch_size, img[1] // c.patch_size)
         seq_len = self.patch_grid[0] * self.patch_grid[1]
         self.num_features = c.embed_dim
+        self.patch_size = c.patch_size
+        self.num_prefix_tokens = 0
         self.stem = PatchEmbed(c.patch_size, c.in_chans, c.embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.use_mask_token else None
         self.blocks = nn.ModuleList(
             MixerBlock(c.embed_dim, seq_len, c.tokens_mlp_dim, c.channels_mlp_dim, c.drop_rate, p)
             for p in drop_path_rates(c.drop_path_rate, c.depth)
@@ -97,15 +113,18 @@ class MlpMixer(TesseraModel):
         self.norm = nn.LayerNorm(c.embed_dim, eps=LN_EPS)
         self.head_drop = nn.Dropout(c.drop_rate)
         self.head = self._make_head(c.num_classes)
+        self.feature_info = [
+            {"num_chs": c.embed_dim, "reduction": c.patch_size, "module": f"blocks.{i}"} for i in range(c.depth)
+        ]
         self.apply(_init_weights)
+        if self.mask_token is not None:
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         return nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Images (B, C_in, H, W) -> normalised patch table (B, S, C). `mask` is reserved (None only)."""
-        if mask is not None:
-            raise ValueError("forward_tokens(mask=...) is not supported by MlpMixer; pass mask=None")
+    def _embed(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """Images (B, C_in, H, W) -> the patch table X (B, S, C); masked rows get the mask token."""
         P = self.config.patch_size
         check_image_batch(x, self.config.in_chans, (P, P))
         expected = (self.patch_grid[0] * P, self.patch_grid[1] * P)
@@ -117,9 +136,52 @@ class MlpMixer(TesseraModel):
                 f"resize the input or build the model with img_size=({x.shape[-2]}, {x.shape[-1]})"
             )
         x = self.stem(x).flatten(1, 2)  # (B, H', W', C) -> (B, S, C)
+        if mask is not None:
+            check_token_mask(mask, x.shape[0], x.shape[1], self.mask_token is not None)
+            x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)
+        return x
+
+    def forward_tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Images (B, C_in, H, W) -> normalised patch table (B, S, C).
+
+        `mask` (B, S) bool replaces those patch embeddings by the learned mask token
+        (needs `use_mask_token=True`).
+        """
+        x = self._embed(x, mask)
         for blk in self.blocks:
-            x = blk(x)
+            x = checkpointed(blk, x, enabled=self.grad_checkpointing)
         return self.norm(x)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
+        """Outputs of selected blocks as maps (B, C, H', W'); indices as ViT's (None: every block).
+
+        Mixer has no prefix tokens: with `return_prefix_tokens` each comes with a (B, 0, C) tensor.
+        """
+        depth = len(self.blocks)
+        if indices is None:
+            idx = list(range(depth))
+        elif isinstance(indices, int):
+            idx = list(range(depth - indices, depth))
+        else:
+            idx = list(indices)
+        if not idx or any(not -depth <= i < depth for i in idx):
+            raise ValueError(f"block indices {indices} out of range for a depth-{depth} Mixer")
+        idx = [i % depth for i in idx]
+        z = self._embed(x, None)
+        out: dict[int, Tensor] = {}
+        for i, blk in enumerate(self.blocks[: max(idx) + 1]):
+            z = checkpointed(blk, z, enabled=self.grad_checkpointing)
+            if i in idx:
+                out[i] = self.norm(z) if norm else z
+        tables = [out[i] for i in idx]
+        maps = [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.patch_grid) for t in tables]  # (B, C, H', W')
+        return (maps, [t[:, :0] for t in tables]) if return_prefix_tokens else maps
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> (B, S, C)."""

@@ -26,7 +26,8 @@ from tessera.diffusion.images import save_grid
 from tessera.diffusion.objectives import Prediction, diffusion_loss, min_snr_weights, sample_timesteps
 from tessera.diffusion.samplers import DDIMSampler
 from tessera.diffusion.schedule import NoiseSchedule
-from tessera.diffusion.unet import UNet, create_unet
+from tessera.core import create_model
+from tessera.diffusion.unet import UNet
 from tessera.train.callbacks import EMAHost
 from tessera.train.optim import param_groups, warmup_cosine
 
@@ -48,7 +49,7 @@ class DiffusionTask(EMAHost, L.LightningModule):
     """Train a UNet denoiser with the DDPM objective.
 
     Args:
-        unet: a UNet preset (`tessera.diffusion.list_unets()`).
+        unet: a registered denoiser (`tessera.list_models(kind="denoiser")`).
         unet_args: config overrides of the preset (widths, depth, attn_resolutions, dropout, ...).
         class_conditional: feed the DataModule's labels to the UNet (num_classes from the data).
         schedule: "linear" (DDPM) or "cosine" (Nichol & Dhariwal).
@@ -120,7 +121,7 @@ class DiffusionTask(EMAHost, L.LightningModule):
             if not n:
                 raise ValueError("class_conditional=True needs num_classes in unet_args or from the DataModule")
             kw["num_classes"] = n
-        self.model = create_unet(hp.unet, **kw)
+        self.model = create_model(hp.unet, **kw)
 
     def forward(self, xt: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """The network output f_theta(x_t, t[, y]): (B, C, H, W)."""
