@@ -1,0 +1,49 @@
+"""Energy-based models: MCMC samplers (Metropolis, Langevin, SGLD, MALA), energy networks, a replay buffer,
+evaluation (grid likelihood, KDE, MMD, ESS, AUROC) and Heeger-Bergen texture synthesis. Notes 001.
+
+    from tessera.energy import LangevinSampler, MALASampler, MetropolisSampler
+    res = MALASampler(step_size=0.05).sample(lambda x: 0.5 * x.square().sum(1), torch.randn(512, 2), steps=200)
+    res.x, res.acceptance
+
+    model = tessera.create_model("ebm_mlp_2d")     # kind "energy": model.energy(x) -> (B,)
+"""
+
+from tessera.energy.buffer import ReplayBuffer
+from tessera.energy.models import (
+    ConvEnergy,
+    ConvEnergyConfig,
+    MLPEnergy,
+    MLPEnergyConfig,
+    ebm_conv_digits,
+    ebm_mlp_2d,
+)
+from tessera.energy.samplers import (
+    ChainDivergedError,
+    LangevinSampler,
+    MALASampler,
+    MCMCResult,
+    MCMCSampler,
+    MetropolisSampler,
+    SGLDSampler,
+    energy_and_grad,
+    evaluate_energy,
+)
+
+__all__ = [
+    "ChainDivergedError",
+    "ConvEnergy",
+    "ConvEnergyConfig",
+    "LangevinSampler",
+    "MALASampler",
+    "MCMCResult",
+    "MCMCSampler",
+    "MLPEnergy",
+    "MLPEnergyConfig",
+    "MetropolisSampler",
+    "ReplayBuffer",
+    "SGLDSampler",
+    "ebm_conv_digits",
+    "ebm_mlp_2d",
+    "energy_and_grad",
+    "evaluate_energy",
+]
