@@ -7,6 +7,8 @@
 """
 
 from tessera.diffusion import convert  # noqa: F401  (registers the "unet" checkpoint converter)
+from tessera.diffusion import ldm_convert  # noqa: F401  (registers the "ldm_unet" checkpoint converter)
+from tessera.diffusion.ldm_unet import LDMUNet, LDMUNetConfig
 from tessera.diffusion.objectives import (
     diffusion_loss,
     min_snr_weights,
@@ -19,6 +21,8 @@ from tessera.diffusion.schedule import NoiseSchedule
 from tessera.diffusion.unet import UNet, UNetConfig, create_unet, list_unets, unet_ddpm_cifar10, unet_digits
 
 __all__ = [
+    "LDMUNet",
+    "LDMUNetConfig",
     "DDIMSampler",
     "DDPMSampler",
     "NoiseSchedule",
