@@ -54,6 +54,8 @@ class TesseraModel(nn.Module):
 
     family: ClassVar[str] = ""
     head_keys: ClassVar[tuple[str, ...]] = ("head.",)
+    # State-dict keys a checkpoint may lack; they keep their initial values.
+    optional_keys: ClassVar[tuple[str, ...]] = ("mask_token",)
 
     def __init__(self, config: Any) -> None:
         super().__init__()
@@ -69,11 +71,13 @@ class TesseraModel(nn.Module):
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"architecture": self.architecture, "config": config_to_dict(self.config)}
         text = json.dumps(meta, indent=2)
-        _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text))
+        # Weights first: they carry the config in their metadata, which is what loading
+        # reads, so a save that fails half-way leaves the old export or the new one.
         _atomic_write(
             folder / WEIGHTS_NAME,
             lambda p: save_model(self, str(p), metadata={"format": "pt", "tessera": text}),
         )
+        _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text))
         return folder
 
     @property
@@ -120,5 +124,8 @@ class TesseraModel(nn.Module):
 def _atomic_write(path: Path, write) -> None:
     """Write through a temporary name and rename, so a kill never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
