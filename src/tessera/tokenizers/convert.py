@@ -1,0 +1,3 @@
+"""Checkpoint layouts of tokenizers from elsewhere (diffusers, taming-transformers); filled in below."""
+
+from __future__ import annotations
