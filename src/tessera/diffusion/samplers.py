@@ -58,12 +58,14 @@ def ddim_timesteps(T: int, steps: int, spacing: Spacing = "leading") -> Tensor:
     "trailing": round(T - i T/steps) - 1 (always includes T-1; may stop short of 0);
     "linspace": round(linspace(0, T-1, steps)) (includes both 0 and T-1).
     """
-    if not 1 <= steps <= T:
-        raise ValueError(f"steps must be in [1, T] = [1, {T}], got {steps}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in [1, T] = [1, {T}], got {steps!r}")
     if spacing == "leading":
         grid = np.arange(steps) * (T // steps)
     elif spacing == "trailing":
-        grid = np.round(np.arange(T, 0, -T / steps)).astype(np.int64) - 1
+        # i T / steps for i < steps exactly (np.arange(T, 0, -T / steps) may give steps + 1 values by
+        # float rounding, the last one rounding to timestep -1)
+        grid = np.round(T - np.arange(steps) * T / steps).astype(np.int64) - 1
     elif spacing == "linspace":
         grid = np.linspace(0, T - 1, steps).round()
     else:
@@ -105,9 +107,27 @@ class _Sampler:
     ) -> Tensor:
         raise NotImplementedError
 
-    def _check_t(self, t: int | Tensor) -> int:
-        t = int(self.schedule.check_timesteps(t))
-        return t
+    def _check_t(self, t: int | Tensor, x_t: Tensor | None = None, model_output: Tensor | None = None) -> int:
+        """One timestep for the whole batch: an int, a 0-d tensor, or a (B,) vector of equal values."""
+        if model_output is not None and x_t is not None and model_output.shape != x_t.shape:
+            raise ValueError(
+                f"model output shape {tuple(model_output.shape)} differs from x_t shape {tuple(x_t.shape)}"
+            )
+        t = self.schedule.check_timesteps(t)
+        if t.numel() == 1:
+            return int(t.reshape(()))
+        B = x_t.shape[0] if x_t is not None and x_t.ndim else None
+        if t.ndim != 1 or t.numel() != B:
+            raise ValueError(
+                f"timestep must be one value or a (B,) vector for x_t of shape "
+                f"{tuple(x_t.shape) if x_t is not None else '?'}; got shape {tuple(t.shape)}"
+            )
+        if bool((t != t[0]).any()):
+            raise ValueError(
+                f"{type(self).__name__}.step moves the whole batch from one timestep; got different "
+                f"timesteps per sample {t[:4].tolist()}...; step groups of equal t separately"
+            )
+        return int(t[0])
 
     @torch.no_grad()
     def sample(
@@ -191,7 +211,7 @@ class DDPMSampler(_Sampler):
 
         Args:
             model_output: (B, C, H, W) eps_theta(x_t, t) (or x0 / v, per `prediction`).
-            t: the current timestep, an int in [0, T).
+            t: the current timestep, an int in [0, T) (or a (B,) vector of that one value).
             x_t: (B, C, H, W).
             noise: z ~ N(0, I) shaped like x_t; drawn with `generator` when None. No noise is
                 drawn at t = 0.
@@ -199,7 +219,7 @@ class DDPMSampler(_Sampler):
         Returns:
             x_{t-1}: (B, C, H, W).
         """
-        t = self._check_t(t)
+        t = self._check_t(t, x_t, model_output)
         s = self.schedule
         alpha_bar, alpha_bar_prev = s.alpha_bar[t], s.alpha_bar_prev[t]
         # alpha_t = abar_t / abar_{t-1} = 1 - beta_t; read off alpha_bar (not s.beta) so that the float32
@@ -279,7 +299,7 @@ class DDIMSampler(_Sampler):
 
         Args:
             model_output: (B, C, H, W) eps_theta(x_t, t) (or x0 / v, per `prediction`).
-            t: the current timestep; must be one of `.timesteps`.
+            t: the current timestep; must be one of `.timesteps` (an int or a (B,) vector of it).
             x_t: (B, C, H, W).
             noise: z ~ N(0, I) shaped like x_t; drawn with `generator` when None and eta > 0
                 (at every step, the last included, as diffusers does).
@@ -287,7 +307,7 @@ class DDIMSampler(_Sampler):
         Returns:
             x_{t'}: (B, C, H, W).
         """
-        t = self._check_t(t)
+        t = self._check_t(t, x_t, model_output)
         t_prev = self.prev_timestep(t)
         s = self.schedule
         alpha_bar = s.alpha_bar[t]

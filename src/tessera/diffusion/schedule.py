@@ -49,6 +49,7 @@ class NoiseSchedule:
         self.beta = beta
         self.alpha = 1.0 - beta                                          # alpha_t = 1 - beta_t
         self.alpha_bar = torch.cumprod(self.alpha, dim=0)                # alpha_bar_t = prod_s alpha_s
+        self._check_alpha_bar()
         self.alpha_bar_prev = torch.cat([torch.ones(1), self.alpha_bar[:-1]])  # alpha_bar_{t-1}, 1 at t = 0
         # beta~_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t   (DDPM eq. 7); 0 at t = 0.
         # beta_t is read as 1 - alpha_bar_t / alpha_bar_{t-1}: equal up to float32 rounding, and that
@@ -56,6 +57,25 @@ class NoiseSchedule:
         self.posterior_variance = (
             (1 - self.alpha_bar_prev) / (1 - self.alpha_bar) * (1 - self.alpha_bar / self.alpha_bar_prev)
         )
+
+    def _check_alpha_bar(self) -> None:
+        """Refuse tables that sampling cannot use: every step divides by sqrt(alpha_bar_t) and by
+        sqrt(1 - alpha_bar_t) (x0 from eps, eq. 15), so both must stay above 0 in float32."""
+        if bool((self.alpha == 1).any()):
+            i = int((self.alpha == 1).nonzero()[0])
+            raise ValueError(
+                f"beta[{i}] = {self.beta[i].item():.3g} is below float32 resolution: alpha_{i} = 1 - beta_{i} "
+                "rounds to 1 and the step at that t would divide by zero; use betas of at least 1e-7"
+            )
+        zero = self.alpha_bar <= 0
+        if bool(zero.any()):
+            i = int(zero.nonzero()[0])
+            raise ValueError(
+                f"alpha_bar underflows to 0 in float32 at t={i} of T={self.T} (smallest non-zero value "
+                f"{self.alpha_bar[self.alpha_bar > 0].min().item():.3g}): the first sampling step would divide "
+                "by sqrt(alpha_bar_T) = 0. Use fewer steps or smaller betas; a zero terminal SNR needs "
+                "v-prediction and a sampler written for it"
+            )
 
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
@@ -102,6 +122,11 @@ class NoiseSchedule:
     def gather(self, table: Tensor, t: Tensor | int, x: Tensor) -> Tensor:
         """table[t] shaped (B, 1, ..., 1) to broadcast against x (B, ...); t: scalar or (B,)."""
         t = self.check_timesteps(t).to(table.device)
+        if t.ndim > 1 or (t.ndim == 1 and t.numel() != 1 and (x.ndim == 0 or t.numel() != x.shape[0])):
+            raise ValueError(
+                f"timesteps must be one value or one per sample (shape ({x.shape[0] if x.ndim else 1},)); "
+                f"got shape {tuple(t.shape)} for a batch of shape {tuple(x.shape)}"
+            )
         v = table[t].to(device=x.device, dtype=x.dtype)
         return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
