@@ -25,12 +25,17 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> 
 
 
 def resample_abs_pos_embed(
-    pos_embed: Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int] | None = None, num_prefix_tokens: int = 1
+    pos_embed: Tensor,
+    new_grid: tuple[int, int],
+    old_grid: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 1,
+    mode: str = "bicubic",
 ) -> Tensor:
     """Bicubic-resize a learned (1, prefix + H*W, C) position grid to `new_grid`.
 
     Resizes *by size*, not by scale factor, so rectangular targets work; the
-    prefix entries (CLS, distillation token) are kept as they are.
+    prefix entries (CLS, distillation token) are kept as they are. `mode`
+    "bilinear" is what transformers' DPT uses.
     """
     prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
     n = grid.shape[1]
@@ -43,7 +48,7 @@ def resample_abs_pos_embed(
         return pos_embed
     C = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False, antialias=False)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=False)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], C).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
 

@@ -75,6 +75,9 @@ class ViTConfig:
     pre_logits_dim: int | None = None
     hybrid_stem: bool = False  # the notes' CNN-backbone patch embedding
     dynamic_img_size: bool = False  # accept any patch multiple, resampling positions on the fly
+    # How a learned position grid is resampled to another grid: timm's bicubic, or the
+    # bilinear of transformers' DPT (needed for its outputs at other sizes).
+    pos_embed_interp: Literal["bicubic", "bilinear"] = "bicubic"
     # A learned token that replaces masked patch embeddings (SimMIM, iBOT); off by
     # default so that timm / transformers checkpoints, which have none, load strictly.
     use_mask_token: bool = False
@@ -90,6 +93,8 @@ class ViTConfig:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.global_pool not in ("token", "avg"):
             raise ValueError(f"global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        if self.pos_embed_interp not in ("bicubic", "bilinear"):
+            raise ValueError(f"pos_embed_interp must be 'bicubic' or 'bilinear', got {self.pos_embed_interp!r}")
         if self.pos_embed not in ("learn", "sincos", "none"):
             raise ValueError(f"pos_embed must be 'learn', 'sincos' or 'none', got {self.pos_embed!r}")
         if self.pos_embed == "sincos" and self.embed_dim % 4:
@@ -300,7 +305,9 @@ class VisionTransformer(TesseraModel):
             return self.pos_embed
         if self.config.pos_embed == "sincos":
             return self._sincos(grid).to(self.pos_embed)
-        return resample_abs_pos_embed(self.pos_embed, grid, self.patch_grid, self.num_prefix_tokens)
+        return resample_abs_pos_embed(
+            self.pos_embed, grid, self.patch_grid, self.num_prefix_tokens, mode=self.config.pos_embed_interp
+        )
 
     def _embed(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
         """Images (B, C_in, H, W) -> tokens z_0 (B, prefix + H'W', C) and the grid (H', W').
