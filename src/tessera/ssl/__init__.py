@@ -7,3 +7,5 @@ training in `tessera.train.ssl`.
 
 from tessera.ssl import simmim  # noqa: F401  (registers simmim_*)
 from tessera.ssl import dino  # noqa: F401  (registers dino_*)
+from tessera.ssl import dinov2  # noqa: F401  (registers dinov2_*)
+from tessera.ssl import coca  # noqa: F401  (registers coca_*)

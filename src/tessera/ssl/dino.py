@@ -13,7 +13,7 @@ cross-entropy between student and teacher), 004 ("train with no labels").
 
 The teacher sees the 2 global crops, the student all crops (global and local,
 the multi-crop of `tessera.ssl.multicrop`). `forward` changes no state: it
-returns the batch centre, and the training task calls `update_center` and
+returns the batch centre, and the training task calls `update_center(out)` and
 `update_teacher` after the optimizer step.
 
 Collapse has two faces (paper, section 5.3): uniform outputs (teacher entropy
@@ -285,7 +285,7 @@ class DINO(TesseraModel):
 
     `forward(global_views, local_views=None, teacher_temp=None)`:
     global_views (2, B, C, H, W), local_views (V, B, C, h, w).
-    After each optimizer step call `update_teacher(momentum)` and `update_center(out.batch_center)`.
+    After each optimizer step call `update_teacher(momentum)` and `update_center(out)`.
     """
 
     family = "dino"
@@ -399,14 +399,17 @@ class DINO(TesseraModel):
         self.teacher.update(self.student, decay=self.config.teacher_momentum if momentum is None else momentum)
 
     @torch.no_grad()
-    def update_center(self, batch_center: Tensor) -> None:
-        """c <- m c + (1 - m) mean over ranks of `batch_center` (all-reduce only when distributed)."""
+    def update_center(self, out: DINOOutput) -> None:
+        """c <- m c + (1 - m) mean over ranks of `out.batch_center` (all-reduce only when distributed)."""
+        self._ema_center(self.center, out.batch_center)
+
+    def _ema_center(self, center: Tensor, batch_center: Tensor) -> None:
         batch_center = batch_center.detach().float().clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()
         m = self.config.center_momentum
-        self.center.mul_(m).add_(batch_center.to(self.center), alpha=1 - m)
+        center.mul_(m).add_(batch_center.to(center), alpha=1 - m)
 
     def last_layer_parameters(self) -> Iterator[nn.Parameter]:
         """Parameters of the student head's last layer (frozen, gradients dropped, in the first epoch)."""
