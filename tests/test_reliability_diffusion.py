@@ -100,3 +100,45 @@ def test_every_sampler_variance_type_is_finite(make, kind):
     x = sampler.sample(lambda x, t: 0.5 * x, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0),
                        callback=lambda i, t, x: seen.append(bool(torch.isfinite(x).all())))
     assert all(seen) and len(seen) == len(sampler.timesteps) and torch.isfinite(x).all()
+
+
+def _tiny_unet(**kw):
+    from tessera.core import create_model
+
+    return create_model("unet_digits", img_size=16, widths=(8, 16), depth=1, attn_resolutions=(8,),
+                        norm_groups=4, dropout=0.0, **kw).eval()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_unet_runs_in_reduced_precision(dtype):
+    """The timestep embedding followed the weights' dtype only for fp32 ("mat1 and mat2 must have the same dtype")."""
+    unet = _tiny_unet()
+    x = torch.randn(2, 1, 16, 16)
+    t = torch.tensor([3, 700])
+    with torch.no_grad():
+        ref = unet(x, t)
+        low = unet.to(dtype)(x.to(dtype), t)
+    assert low.dtype == dtype and torch.isfinite(low).all()
+    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+    # a whole (short) DDIM run in bf16/fp16 stays finite
+    sampler = DDIMSampler(NoiseSchedule.linear(100), steps=5)
+    out = sampler.sample(lambda x, t: unet(x.to(dtype), t).float(), (2, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        (torch.tensor([0, 3]), r"\[0, 3\).*\[3\]"),
+        (torch.tensor([-1, 0]), r"\[0, 3\).*\[-1\]"),
+        (torch.tensor([0.0, 1.0]), "integer tensor"),
+        (torch.tensor([0, 1, 2]), r"shape \(B,\) = \(2,\)"),
+        (None, "class-conditional"),
+    ],
+)
+def test_unet_class_labels_checked(labels, message):
+    unet = _tiny_unet(num_classes=3)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match=message):
+        unet(x, t, labels)
+    assert unet(x, t, torch.tensor([0, 2])).shape == x.shape

@@ -132,7 +132,10 @@ class TimeEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         """t: (B,) -> (B, time_dim)."""
-        return self.fc2(F.silu(self.fc1(timestep_embedding(t, self.dim))))
+        # The sinusoid is computed in float32 (t up to 1000 times frequencies near 1 needs the mantissa),
+        # then cast to the weights' dtype so that a bf16 / fp16 UNet runs.
+        emb = timestep_embedding(t, self.dim).to(self.fc1.weight.dtype)
+        return self.fc2(F.silu(self.fc1(emb)))
 
 
 class ResBlock(nn.Module):
@@ -282,6 +285,20 @@ class UNet(TesseraModel):
                 f"{len(self.config.widths) - 1} times), got {x.shape[-2]}x{x.shape[-1]}"
             )
 
+    def check_labels(self, y: Tensor | None, B: int) -> None:
+        """Raise a ValueError unless y is a (B,) integer tensor of classes in [0, num_classes)."""
+        K = self.config.num_classes
+        if y is None:
+            raise ValueError("this UNet is class-conditional: pass class labels y of shape (B,)")
+        if not isinstance(y, Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            found = y.dtype if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"class labels must be an integer tensor of shape (B,), got {found}")
+        if y.shape != (B,):
+            raise ValueError(f"class labels must have shape (B,) = ({B},), got {tuple(y.shape)}")
+        if B and (int(y.min()) < 0 or int(y.max()) >= K):
+            bad = y[(y < 0) | (y >= K)][:4].tolist()
+            raise ValueError(f"class labels must lie in [0, num_classes) = [0, {K}), got {bad}")
+
     def example_inputs(self, batch_size: int = 2) -> tuple:
         """(x_t, t, labels): a noisy batch, timesteps, and class labels when the UNet is conditional."""
         c = self.config
@@ -305,8 +322,7 @@ class UNet(TesseraModel):
             raise ValueError(f"t must be a scalar or have shape (B,) = ({B},), got {tuple(t.shape)}")
         temb = self.time_embed(t)                                        # (B, time_dim)
         if self.class_embed is not None:
-            if y is None:
-                raise ValueError("this UNet is class-conditional: pass class labels y of shape (B,)")
+            self.check_labels(y, B)
             temb = temb + self.class_embed(y)                            # temb + embedding(y)
         elif y is not None:
             raise ValueError("this UNet is unconditional (num_classes=0) but class labels y were given")
