@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import numbers
+import types
+import typing
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +30,85 @@ def config_from_dict(cls: type, values: dict) -> Any:
     if unknown:
         raise ValueError(f"{cls.__name__} has no field(s) {unknown}; known: {sorted(fields)}")
     fixed = {k: _to_tuple(v) for k, v in values.items()}
+    check_config_types(cls, fixed)
     return cls(**fixed)
+
+
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an annotation that cannot be resolved is left unchecked
+        return {}
+
+
+def _matches(value: Any, tp: Any) -> bool:
+    """Whether `value` fits the annotation `tp` (bool is not an int, an int is a float)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or isinstance(tp, typing.TypeVar):
+        return True
+    if tp is type(None) or tp is None:
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    if origin in (list, dict, set, frozenset) or isinstance(tp, type):
+        return isinstance(value, origin or tp)
+    return True  # an annotation this check does not know: leave it to __post_init__
+
+
+def _type_name(tp: Any) -> str:
+    return tp.__name__ if isinstance(tp, type) and not typing.get_args(tp) else str(tp).replace("typing.", "")
+
+
+def check_config_types(cls: type, values: dict[str, Any]) -> None:
+    """Raise a ValueError naming the field, the expected type and the value when one does not fit.
+
+    Checks against the dataclass annotations (after lists became tuples): `embed_dim="96"`,
+    `window_size=7.5`, `in_chans=3.0` or `qkv_bias="false"` are refused instead of failing later
+    with an error that names no field, or (a non-empty string being true) being silently accepted.
+    """
+    hints = _field_types(cls)
+    for name, value in values.items():
+        tp = hints.get(name)
+        if tp is not None and not _matches(value, tp):
+            raise ValueError(
+                f"{cls.__name__}.{name} must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+            )
+        rule = _FIELD_RANGES.get(name)
+        if rule is not None and not all(rule[0](v) for v in _numbers_in(value)):
+            raise ValueError(f"{cls.__name__}.{name} must be {rule[1]}, got {value!r}")
+
+
+# Fields whose names mean the same thing in every family (config names are a public API), with
+# the values that can work; a family adds its own checks in __post_init__.
+_FIELD_RANGES: dict[str, tuple[Any, str]] = {
+    **{k: (lambda v: v >= 1, ">= 1") for k in ("img_size", "patch_size", "embed_dim", "num_heads", "in_chans", "window_size")},
+    "num_classes": (lambda v: v >= 0, ">= 0 (0: no classifier head)"),
+    "mlp_ratio": (lambda v: v > 0, "> 0"),
+    **{k: (lambda v: 0 <= v < 1, "in [0, 1)") for k in ("drop_rate", "drop_path_rate", "attn_drop_rate", "proj_drop_rate")},
+}
+
+
+def _numbers_in(value: Any) -> list[Any]:
+    if isinstance(value, tuple):
+        return [x for v in value for x in _numbers_in(v)]
+    return [value] if isinstance(value, numbers.Real) and not isinstance(value, bool) else []
 
 
 def _to_tuple(v: Any) -> Any:
@@ -41,7 +123,9 @@ def replace_config(config: Any, **overrides: Any) -> Any:
         raise ValueError(
             f"{type(config).__name__} has no field(s) {unknown}; valid fields: {sorted(fields)}"
         )
-    return dataclasses.replace(config, **{k: _to_tuple(v) for k, v in overrides.items()})
+    fixed = {k: _to_tuple(v) for k, v in overrides.items()}
+    check_config_types(type(config), fixed)
+    return dataclasses.replace(config, **fixed)
 
 
 class TesseraModel(nn.Module):
