@@ -7,9 +7,11 @@ import torch
 
 import tessera
 from tessera.layers import RelativePositionBias, WindowAttention, shifted_window_mask, window_partition, window_reverse
-from tessera.layers.window_attention import MASK_VALUE, window_order
+from tessera.layers.window_attention import MASK_VALUE, cyclic_shift
 from tessera.models import swin as swin_mod
-from tessera.models.swin import SwinConfig, SwinTransformer, stage_window, window_attention_padded
+from tessera.models import swin_fast
+from tessera.models.swin import SwinBlock, SwinConfig, SwinTransformer, shifted_window_attention, stage_window
+from tessera.models.swin_fast import SwinFastPath, window_order
 
 TINY = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4)
 
@@ -90,14 +92,20 @@ def _reference_shifted_attention(x, attn, window, shift):
 
 
 @pytest.mark.parametrize("hw, window", [((10, 9), (4, 4)), ((12, 11), (6, 4)), ((8, 8), (4, 4))])
-def test_shifted_window_attention_equals_masked_global_attention(hw, window):
-    """Roll + partition + mask + reverse == attention restricted to the shifted sub-windows."""
-    attn = WindowAttention(16, 2, window).eval()
+@pytest.mark.parametrize("path", ["plain", "fast"])
+def test_shifted_window_attention_equals_masked_global_attention(hw, window, path):
+    """Roll + partition + mask + reverse == attention restricted to the shifted sub-windows (both paths)."""
+    block = SwinBlock(16, 2, window, shifted=True).eval()
+    attn = block.attn
     with torch.no_grad():
         attn.rel_pos_bias.table.normal_()
         x = torch.randn(2, *hw, 16)
         shift = (window[0] // 2, window[1] // 2)
-        ours = window_attention_padded(x, attn, window, shift)
+        assert block.window_and_shift(hw) == (window, shift)
+        if path == "plain":
+            ours = shifted_window_attention(x, attn, window, shift)
+        else:
+            ours = SwinFastPath().msa(block, x, chunk=None)
         ref = _reference_shifted_attention(x, attn, window, shift)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
 
@@ -137,7 +145,7 @@ def test_index_and_masks_are_not_in_state_dict():
 
 
 def test_mask_is_cached_per_resolution():
-    from tessera.layers.window_attention import cached_shift_mask
+    from tessera.models.swin_fast import cached_shift_mask
 
     a = cached_shift_mask((8, 8), (4, 4), (2, 2), torch.device("cpu"))
     with torch.inference_mode():
@@ -156,23 +164,46 @@ def _plain_window_attention(attn, x, mask):
     return attn.proj(out)
 
 
-def test_window_attention_equals_plain_path_with_and_without_cache():
+def test_window_attention_equals_explicit_reference_and_keeps_no_state():
     attn = WindowAttention(16, 2, (4, 4)).eval()
     mask = shifted_window_mask((8, 8), (4, 4), (2, 2))
     x = torch.randn(2, 4, 16, 16)
     with torch.no_grad():
         attn.rel_pos_bias.table.normal_()
         ref = _plain_window_attention(attn, x, mask)
-    torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)  # autograd on: no cache
-    assert attn._bias_cache is None
+    before = dict(vars(attn))
+    torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)
     with torch.inference_mode():
-        torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)  # builds the cache
-        cached = attn._bias_cache[1]
-        torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)  # reads it
-        assert attn._bias_cache[1] is cached
-        attn(x)  # W-MSA (no mask): another key, rebuilt
-        assert attn._bias_cache[1].shape == (1, 2, 16, 16)
-    assert not any("cache" in k for k in attn.state_dict())
+        torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)
+    attn.fused = False  # the explicit softmax of `attend`
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)
+    attn.fused = True
+    assert vars(attn).keys() == before.keys() and all(vars(attn)[k] is v for k, v in before.items())
+
+
+def test_fast_path_caches_the_bias_per_layer_and_key():
+    attn = WindowAttention(16, 2, (4, 4)).eval()
+    fast = SwinFastPath()
+    mask = swin_fast.cached_shift_mask((8, 8), (4, 4), (2, 2), torch.device("cpu"))
+    with torch.no_grad():
+        attn.rel_pos_bias.table.normal_()
+    fresh = attn.window_bias(mask, (4, 4), torch.float32)
+    bias = fast.window_bias(attn, mask, (4, 4), torch.float32)  # autograd on: computed, not cached
+    assert not fast._bias and torch.equal(bias, fresh)
+    with torch.inference_mode():
+        cached = fast.window_bias(attn, mask, (4, 4), torch.float32)
+        assert fast.window_bias(attn, mask, (4, 4), torch.float32) is cached
+        assert torch.equal(cached, fresh)
+        w_msa = fast.window_bias(attn, None, (4, 4), torch.float32)  # another key: rebuilt
+        assert w_msa.shape == (1, 2, 16, 16)
+    with torch.no_grad():
+        attn.rel_pos_bias.table.mul_(2.0)  # bumps the version counter
+        assert torch.equal(fast.window_bias(attn, None, (4, 4), torch.float32), 2 * w_msa)
+    assert not any("cache" in k or "bias" == k for k in attn.state_dict())
+    import copy, pickle
+
+    assert not copy.deepcopy(fast)._bias and pickle.loads(pickle.dumps(fast)).chunk_tokens == fast.chunk_tokens
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -185,7 +216,8 @@ def test_window_attention_in_groups_of_windows_equals_all_at_once(masked):
         ref = _plain_window_attention(attn, x, mask)
         groups: list[int] = []
         attn.qkv.register_forward_hook(lambda m, args, out: groups.append(args[0].shape[1]))
-        grouped = attn(x, mask, chunk_tokens=2 * 16 * 2)  # 2 windows of 16 tokens, both images
+        bias = attn.window_bias(mask)
+        grouped = SwinFastPath.attend(attn, x, bias, chunk=2 * 16 * 2)  # 2 windows of 16 tokens, both images
     assert groups == [2, 2, 2]
     torch.testing.assert_close(grouped, ref, atol=1e-5, rtol=1e-5)
 
@@ -243,9 +275,9 @@ def test_model_built_in_inference_mode_recomputes_the_bias():
 
 
 def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
-    # The cyclic shift is part of the window gather (`shifted_window_order`): record its shifts.
+    # Fast path: the cyclic shift is part of the window gather; record its shifts and the masks.
     calls = {"shifts": [], "mask": 0}
-    real_order, real_mask = swin_mod.shifted_window_order, swin_mod.shift_mask
+    real_order, real_mask = swin_fast.cached_window_order, swin_fast.cached_shift_mask
 
     def order(grid, window, shift, device):
         calls["shifts"].append(shift)
@@ -255,8 +287,8 @@ def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
         calls["mask"] += 1
         return real_mask(*a, **k)
 
-    monkeypatch.setattr(swin_mod, "shifted_window_order", order)
-    monkeypatch.setattr(swin_mod, "shift_mask", mask)
+    monkeypatch.setattr(swin_fast, "cached_window_order", order)
+    monkeypatch.setattr(swin_fast, "cached_shift_mask", mask)
     shifted, plain = tiny(), tiny(shift=False)
     plain.load_state_dict(shifted.state_dict())
     x = torch.randn(1, 3, 32, 32)
@@ -269,12 +301,31 @@ def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
     assert not torch.allclose(y_plain, y_shift)
 
 
+def test_shift_off_means_no_roll_and_no_mask_on_the_plain_path(monkeypatch):
+    rolls, masks = [], []
+    real_shift, real_mask = swin_mod.cyclic_shift, swin_mod.shifted_window_mask
+    monkeypatch.setattr(swin_mod, "cyclic_shift", lambda x, s: rolls.append(s) or real_shift(x, s))
+    monkeypatch.setattr(swin_mod, "shifted_window_mask", lambda *a: masks.append(a) or real_mask(*a))
+    model = tiny(shift=False)
+    model.set_fast_path(False)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert rolls == [(0, 0)] * 4 and not masks
+    rolls.clear()
+    model = tiny()
+    model.set_fast_path(False)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert rolls == [(0, 0), (2, 2)] * 2 and len(masks) == 2
+
+
 def test_window_gather_equals_roll_and_partition():
-    """The one-gather shift + partition (and its inverse) equal torch.roll + window_partition."""
+    """The fast path's one-gather shift + partition (and its inverse) equal cyclic_shift + window_partition."""
     x = torch.randn(2, 12, 10, 3)
     for window, shift in [((4, 5), (2, 2)), ((6, 5), (3, 2)), ((4, 5), (0, 0))]:
         to_windows, to_grid = window_order((12, 10), window, shift)
-        rolled = torch.roll(x, (-shift[0], -shift[1]), (1, 2))
+        rolled = cyclic_shift(x, shift)
+        assert torch.equal(rolled, torch.roll(x, (-shift[0], -shift[1]), (1, 2)))
         windows = x.flatten(1, 2)[:, to_windows]
         assert torch.equal(windows, window_partition(rolled, window).flatten(1, 2))
         assert torch.equal(windows[:, to_grid], x.flatten(1, 2))
@@ -411,8 +462,8 @@ def test_stochastic_depth():
 def _block_calls(model: SwinTransformer) -> list[int]:
     """Batch size of every call of the first block of each stage, recorded by forward hooks."""
     calls: list[int] = []
-    for stage in model.stages:
-        stage.blocks[0].register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    for stage in model.stages:  # norm1 runs once per block call on either path
+        stage.blocks[0].norm1.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     return calls
 
 
@@ -445,8 +496,8 @@ def test_mlp_half_runs_in_token_chunks_when_one_image_is_larger_than_a_chunk():
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
     rows.clear()
     with torch.no_grad():
-        model.train()(x)  # DropPath acts per image: the MLP is not cut into token chunks
-    assert rows == [195, 195]
+        model.train()(x)  # DropPath acts per image: nothing is chunked in train mode
+    assert rows == [390]
 
 
 def test_training_and_autograd_are_never_chunked():
@@ -460,16 +511,164 @@ def test_training_and_autograd_are_never_chunked():
 
 def test_chunking_is_for_cpu_inference_only():
     cpu, other = torch.zeros(1), torch.zeros(1, device="meta")  # meta stands in for a GPU
+    fast = SwinFastPath(4096)
     with torch.no_grad():
-        assert swin_mod.inference_chunk(4096, cpu) == 4096
-        assert swin_mod.inference_chunk(4096, other) is None
-        assert swin_mod.inference_chunk(None, cpu) is None
-    assert swin_mod.inference_chunk(4096, cpu) is None  # autograd on
+        assert fast.chunk_size(cpu, training=False) == 4096
+        assert fast.chunk_size(other, training=False) is None
+        assert fast.chunk_size(cpu, training=True) is None
+        assert SwinFastPath(None).chunk_size(cpu, training=False) is None
+    assert fast.chunk_size(cpu, training=False) is None  # autograd on
 
 
 def test_inference_chunking_rejects_a_non_positive_size():
-    with pytest.raises(ValueError, match="max_tokens"):
+    with pytest.raises(ValueError, match="positive token count"):
         tiny().set_inference_chunking(0)
+
+
+# ---------------------------------------------------------------- fast path == plain path
+
+
+def _plain_copy(model: SwinTransformer) -> SwinTransformer:
+    import copy
+
+    plain = copy.deepcopy(model)
+    plain.set_fast_path(False)
+    return plain
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 26), (12, 10)])  # native; padded + masked; windows shrunk
+@pytest.mark.parametrize("chunk", [None, 4096, 60])  # off; default (no chunk at this size); every kind
+def test_fast_path_equals_plain_path_at_inference(size, chunk):
+    torch.manual_seed(0)
+    fast = tiny()
+    with torch.no_grad():
+        for name, p in fast.named_parameters():
+            if name.endswith("rel_pos_bias.table"):
+                p.normal_()
+    fast.set_inference_chunking(chunk)
+    plain = _plain_copy(fast)
+    assert plain.fast_path is None and fast.fast_path is not None
+    x = torch.randn(3, 3, *size)
+    with torch.inference_mode():
+        ref = plain.forward_intermediates(x)
+        for a, b in zip(fast.forward_intermediates(x), ref):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        if chunk is None:  # no chunking: the same operations on the same numbers
+            assert torch.equal(fast(x), plain(x))
+
+
+def test_fast_path_equals_plain_path_in_training():
+    """Gathers instead of roll + partition, same DropPath draws: same outputs and gradients."""
+    torch.manual_seed(0)
+    fast = tiny(drop_path_rate=0.3).train()
+    plain = _plain_copy(fast)
+    x = torch.randn(2, 3, 30, 26)
+    grads = []
+    for model in (fast, plain):
+        torch.manual_seed(1)
+        out = model(x)
+        out.square().mean().backward()
+        grads.append((out.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for name, g in grads[1][1].items():
+        torch.testing.assert_close(grads[0][1][name], g, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_fast_path_bf16_equals_plain_path():
+    fast = tiny().to(torch.bfloat16)
+    plain = _plain_copy(fast)
+    x = torch.randn(2, 3, 30, 26, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), atol=2e-2, rtol=2e-2)
+
+
+def test_plain_path_changes_no_state_in_forward():
+    model = tiny()
+    model.set_fast_path(False)
+    before = {name: dict(vars(m)) for name, m in model.named_modules()}
+    with torch.inference_mode():
+        model(torch.randn(2, 3, 30, 26))
+    after = {name: dict(vars(m)) for name, m in model.named_modules()}
+    assert before.keys() == after.keys()
+    for name in before:
+        assert before[name].keys() == after[name].keys(), name
+        assert all(after[name][k] is v for k, v in before[name].items() if k != "_modules"), name
+
+
+# ---------------------------------------------------------------- encoder API
+
+
+def test_forward_tokens_are_the_normed_last_map_row_major():
+    model = tiny()
+    x = torch.randn(2, 3, 30, 26)
+    with torch.no_grad():
+        tokens = model.forward_tokens(x)
+        feats = model.forward_features(x)  # (B, H, W, C)
+    assert tokens.shape == (2, feats.shape[1] * feats.shape[2], 64)
+    torch.testing.assert_close(tokens, feats.flatten(1, 2))
+    assert model.num_prefix_tokens == 0 and model.patch_size == 2
+
+
+def test_forward_intermediates_indices_norm_and_prefix_tokens():
+    model = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        every = model.forward_intermediates(x)
+        assert [m.shape for m in every] == [(2, 32, 16, 16), (2, 64, 8, 8)]
+        first = model.forward_intermediates(x, indices=[0])
+        torch.testing.assert_close(first[0], every[0])
+        swapped = model.forward_intermediates(x, indices=[-1, 0])
+        torch.testing.assert_close(swapped[0], every[1])
+        (last,) = model.forward_intermediates(x, indices=1)  # an int: the last n stages
+        torch.testing.assert_close(last, every[1])
+        (normed,) = model.forward_intermediates(x, indices=[-1], norm=True)
+        torch.testing.assert_close(normed.permute(0, 2, 3, 1), model.forward_features(x))
+        (not_last,) = model.forward_intermediates(x, indices=[0], norm=True)  # norm acts on the last stage only
+        torch.testing.assert_close(not_last, every[0])
+        maps, prefix = model.forward_intermediates(x, return_prefix_tokens=True)
+    assert [p.shape for p in prefix] == [(2, 0, 32), (2, 0, 64)]
+    assert [f["num_chs"] for f in model.feature_info] == [m.shape[1] for m in maps]
+    for bad in ([2], [-3], 0, 3):
+        with pytest.raises(ValueError, match="stage"):
+            model.forward_intermediates(x, indices=bad)
+    assert [m.shape for m in model.features(x)] == [m.shape for m in every]
+
+
+def test_mask_token_is_optional_and_checked():
+    assert "mask_token" not in tiny().state_dict()  # foreign checkpoints load strictly
+    model = tiny(use_mask_token=True)
+    assert model.mask_token.shape == (1, 1, 32) and "mask_token" in model.no_weight_decay()
+    x = torch.randn(2, 3, 30, 26)  # 15 x 13 patches
+    mask = torch.zeros(2, 15 * 13, dtype=torch.bool)
+    mask[0, :7] = True
+    with torch.no_grad():
+        out = model.forward_tokens(x, mask=mask)
+        ref = model.forward_tokens(x)
+        torch.testing.assert_close(out[1], ref[1])  # an unmasked image is untouched
+        assert not torch.allclose(out[0], ref[0])
+        z = model.embed(x, mask)
+        torch.testing.assert_close(z[0, 0, :7], model.mask_token[0].expand(7, -1))
+    with pytest.raises(ValueError, match=r"\(2, 195\).*torch.int64 of shape \(2, 195\)"):
+        model.forward_tokens(x, mask=mask.long())
+    with pytest.raises(ValueError, match=r"\(2, 195\).*\(2, 196\)"):
+        model.forward_tokens(x, mask=torch.zeros(2, 196, dtype=torch.bool))
+    with pytest.raises(ValueError, match="use_mask_token"):
+        tiny().forward_tokens(x, mask=mask)
+    with pytest.raises(ValueError, match="use_mask_token"):
+        SwinConfig(use_mask_token="yes")
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_batch_size_zero_gives_an_empty_batch(fast):
+    model = tiny(use_mask_token=True)
+    model.set_fast_path(fast)
+    x = torch.randn(0, 3, 30, 26)
+    with torch.no_grad():
+        assert model(x).shape == (0, 1000)
+        assert model.forward_tokens(x, mask=torch.zeros(0, 195, dtype=torch.bool)).shape == (0, 8 * 7, 64)
+        assert [m.shape for m in model.forward_intermediates(x)] == [(0, 32, 15, 13), (0, 64, 8, 7)]
+    model.train()
+    assert model(x).shape == (0, 1000)
 
 
 # ---------------------------------------------------------------- figures

@@ -14,9 +14,8 @@ only attends within its own sub-window of the shifted partition.
 
 from __future__ import annotations
 
-import functools
-
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -31,6 +30,16 @@ from tessera.layers.pos_embed import RelativePositionBias
 # Never -inf: a row of -inf (a query with no allowed key) makes softmax NaN,
 # and SDPA's kernels subtract the row max, where -inf - (-inf) is NaN too.
 MASK_VALUE = -100.0
+
+
+def cyclic_shift(x: Tensor, shift: tuple[int, int]) -> Tensor:
+    """Roll a (B, H, W, C) map up and left by (s_h, s_w): the first rows / columns wrap to the end."""
+    return torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2)) if shift[0] or shift[1] else x
+
+
+def reverse_cyclic_shift(x: Tensor, shift: tuple[int, int]) -> Tensor:
+    """Undo `cyclic_shift`: roll a (B, H, W, C) map down and right by (s_h, s_w)."""
+    return torch.roll(x, shifts=shift, dims=(1, 2)) if shift[0] or shift[1] else x
 
 
 def window_partition(x: Tensor, window: tuple[int, int]) -> Tensor:
@@ -68,64 +77,18 @@ def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: t
     return torch.zeros(same.shape).masked_fill_(~same, MASK_VALUE)
 
 
-def window_order(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Cyclic shift + window partition of an (already padded) (H, W) grid as one token permutation.
+def pad_to_windows(x: Tensor, window: tuple[int, int]) -> Tensor:
+    """Zero-pad a (B, H, W, C) map at the bottom and right to window multiples -> (B, Hp, Wp, C).
 
-    Returns `(to_windows, to_grid)`, two (H*W,) indices: for x of shape
-    (B, H, W, C), `x.flatten(1, 2)[:, to_windows]` equals
-    `window_partition(torch.roll(x, (-s_h, -s_w), (1, 2)), window)` flattened
-    to (B, nW*N, C), and `windows[:, to_grid]` undoes it. One gather instead
-    of a roll and a partition (each a full copy of the map, the roll two).
+    Swin pads after the LayerNorm, as the official detection backbone does, so
+    the padded tokens are zeros that take part in attention like any token.
     """
-    H, W = grid
-    (sh, sw) = shift
-    rows = (torch.arange(H) + sh) % H  # after a roll by -s, row r holds row r + s
-    cols = (torch.arange(W) + sw) % W
-    index = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # (1, H, W, 1) source token ids
-    to_windows = window_partition(index, window).reshape(-1)  # (nW * N,)
-    return to_windows, torch.argsort(to_windows)
+    (H, W), (wh, ww) = x.shape[1:3], window
+    if H % wh == 0 and W % ww == 0:
+        return x
+    return F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))
 
 
-@functools.lru_cache(maxsize=64)
-def cached_window_order(
-    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """`window_order` computed once per (grid, window, shift, device), outside inference mode."""
-    with torch.inference_mode(False), torch.no_grad():
-        return tuple(t.to(device) for t in window_order(grid, window, shift))
-
-
-def shifted_window_order(
-    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """The gathers of `window_order`: cached in eager mode, traced constants under torch.compile."""
-    if torch.compiler.is_compiling():
-        return tuple(t.to(device) for t in window_order(grid, window, shift))
-    return cached_window_order(grid, window, shift, device)
-
-
-@functools.lru_cache(maxsize=64)
-def cached_shift_mask(
-    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
-) -> Tensor:
-    """`shifted_window_mask` computed once per (grid, window, shift, device) and reused.
-
-    Built outside inference mode and without autograd, so that one cached
-    tensor serves inference and training calls alike; it is derived, never
-    learned, and never saved.
-    """
-    with torch.inference_mode(False), torch.no_grad():
-        return shifted_window_mask(grid, window, shift).to(device)
-
-
-def shift_mask(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device) -> Tensor:
-    """The SW-MSA mask for a padded grid: cached in eager mode, a traced constant under torch.compile."""
-    if torch.compiler.is_compiling():  # dynamo would trace through the cache anyway (and warn)
-        return shifted_window_mask(grid, window, shift).to(device)
-    return cached_shift_mask(grid, window, shift, device)
-
-
-@functools.lru_cache(maxsize=64)
 def _sub_window_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
     """(N, N) index into the bias table of a `table_window` for the pairs of a smaller window.
 
@@ -176,9 +139,6 @@ class WindowAttention(nn.Module):
         # `tessera.inference.optimize_for_inference` (fp32 math for bf16 weights on CPUs
         # without bf16 arithmetic); never chosen here.
         self.matmul_dtype: torch.dtype | None = None
-        # (bias + mask) of the last call, reused while nothing it depends on changes;
-        # inference only, a plain attribute (derived, never in the state_dict).
-        self._bias_cache: tuple[tuple, Tensor | None] | None = None
 
     def relative_bias(self, window: tuple[int, int] | None = None) -> Tensor | None:
         """B of the notes, shape (h, N, N), for `window` (default: the learned one) or None without it.
@@ -193,33 +153,22 @@ class WindowAttention(nn.Module):
             return self.rel_pos_bias()
         if window[0] > self.window[0] or window[1] > self.window[1]:
             raise ValueError(f"window {window} is larger than the learned window {self.window}")
-        index = _sub_window_index(window, self.window).to(self.rel_pos_bias.table.device)
+        table = self.rel_pos_bias.table
+        index = _sub_window_index(window, self.window).to(table.device)
         N = index.shape[0]
-        return self.rel_pos_bias.table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1)
+        return table[index.reshape(-1)].reshape(N, N, -1).permute(2, 0, 1)
 
-    def window_bias(self, mask: Tensor | None, window: tuple[int, int] | None, dtype: torch.dtype) -> Tensor | None:
-        """B + mask, shape (nW, h, N, N) with a shift mask, (1, h, N, N) without, or None with neither.
+    def window_bias(
+        self, mask: Tensor | None, window: tuple[int, int] | None = None, dtype: torch.dtype | None = None
+    ) -> Tensor | None:
+        """B + mask, the additive term of the scores: (nW, h, N, N) with a shift mask, (1, h, N, N)
+        without (shared by every window), None with neither.
 
-        Without autograd (inference) the sum is cached and rebuilt only when
-        the table (its storage or version counter, bumped by every in-place
-        update such as `load_state_dict` or an optimizer step), the mask, the
-        window or the dtype change: recomputing it costs a gather and an add
-        over (nW, h, N, N) in every block of every forward.
+        Args:
+            mask: the shift mask (nW, N, N) of SW-MSA, or None (W-MSA).
+            window: the window the map was cut with (default: the learned one).
+            dtype: dtype of the result (default: the table's, or the mask's).
         """
-        table = None if self.rel_pos_bias is None else self.rel_pos_bias.table
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or (table is not None and table.is_inference()):
-            # differentiable / traced / a table built in inference mode, which has no version counter
-            return self._window_bias(mask, window, dtype)
-        key = (
-            window, dtype, mask,  # the mask is compared by identity (it is cached by `shift_mask`)
-            None if table is None else (table.data_ptr(), table._version, table.device),
-        )
-        if self._bias_cache is None or not _same_key(self._bias_cache[0], key):
-            self._bias_cache = (key, self._window_bias(mask, window, dtype))
-        return self._bias_cache[1]
-
-    def _window_bias(self, mask: Tensor | None, window: tuple[int, int] | None, dtype: torch.dtype) -> Tensor | None:
-        """`window_bias` computed afresh (differentiable)."""
         bias = self.relative_bias(window)  # (h, N, N) or None
         if mask is not None:
             mask = mask[:, None]  # (nW, 1, N, N): the same mask for every head
@@ -228,43 +177,26 @@ class WindowAttention(nn.Module):
             return None
         bias = bias if bias.ndim == 4 else bias[None]  # (1, h, N, N): shared by all windows
         N = bias.shape[-1]
-        return bias.expand(-1, self.num_heads, N, N).to(dtype).contiguous()
+        return bias.expand(-1, self.num_heads, N, N).to(dtype or bias.dtype).contiguous()
 
-    def forward(
-        self,
-        x: Tensor,
-        mask: Tensor | None = None,
-        window: tuple[int, int] | None = None,
-        chunk_tokens: int | None = None,
-    ) -> Tensor:
-        """Attention within each window.
+    def forward(self, x: Tensor, mask: Tensor | None = None, window: tuple[int, int] | None = None) -> Tensor:
+        """Attention within each window: Softmax(Q K^T / sqrt(d) + B + mask) V, projected.
 
         Args:
             x: windows (B, nW, N, C), N = M_h * M_w tokens each (`window_partition`).
             mask: additive shift mask (nW, N, N) or None (W-MSA).
             window: the window x was cut with, if smaller than the learned one.
-            chunk_tokens: without autograd, attend over groups of windows of at
-                most this many tokens (at least one window a group): windows
-                are independent, so the result is the same and the qkv tensor
-                needs one group's memory. None: all windows at once.
 
         Returns:
-            (B, nW, N, C): Softmax(Q K^T / sqrt(d) + B + mask) V, projected.
+            (B, nW, N, C).
         """
-        B, nW, N, _ = x.shape
-        bias = self.window_bias(mask, window, self.matmul_dtype or x.dtype)  # (nb, h, N, N), nb = nW or 1
-        if chunk_tokens is None or torch.is_grad_enabled() or B * nW * N <= chunk_tokens:
-            return self.attend_windows(x, bias)
-        per = max(1, chunk_tokens // (B * N))  # windows a group, across the batch
-        groups = []
-        for start in range(0, nW, per):
-            part = bias if bias is None or bias.shape[0] == 1 else bias[start : start + per]
-            groups.append(self.attend_windows(x[:, start : start + per], part))
-        return torch.cat(groups, dim=1)
+        return self.attend_windows(x, self.window_bias(mask, window, self.matmul_dtype or x.dtype))
 
     def attend_windows(self, x: Tensor, bias: Tensor | None) -> Tensor:
-        """Projected attention of windows x (B, nW, N, C) with `window_bias` b (nW or 1, h, N, N) -> (B, nW, N, C)."""
-        B, dtype = x.shape[0], x.dtype
+        """Projected attention of windows x (B, nW, N, C) with the additive term `bias` = B + mask
+        of `window_bias`, (nW or 1, h, N, N) -> (B, nW, N, C)."""
+        B, nW, N, C = x.shape
+        dtype = x.dtype
         nb = 1 if bias is None else bias.shape[0]
         # SDPA's fused CPU kernel wants 4-D tensors (5-D ones fall back to the slow reference):
         # windows with the same bias fold into the batch axis, windows with their own bias
@@ -276,10 +208,5 @@ class WindowAttention(nn.Module):
         q, k, v = rearrange(qkv, "B (g nb) N (three h d) -> three (B g) (nb h) N d", nb=nb, three=3, h=self.num_heads)
         bias = None if bias is None else bias.flatten(0, 1)[None]  # (1, nb h, N, N)
         x = attend(q, k, v, bias, self.fused)  # (B g, nb h, N, d)
-        x = rearrange(x, "(B g) (nb h) N d -> B (g nb) N (h d)", B=B, h=self.num_heads).to(dtype)
+        x = rearrange(x, "(B g) (nb h) N d -> B (g nb) N (h d)", g=nW // nb, h=self.num_heads).to(dtype)
         return self.proj_drop(self.proj(x))
-
-
-def _same_key(a: tuple, b: tuple) -> bool:
-    """Cache keys are equal: tensors (the mask) by identity, everything else by value."""
-    return len(a) == len(b) and all(x is y if isinstance(x, Tensor) else x == y for x, y in zip(a, b))

@@ -35,12 +35,29 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
-from tessera.layers import DropPath, Mlp, PatchEmbed, drop_path_rates, resample_abs_pos_embed, to_2tuple
-from tessera.layers.window_attention import WindowAttention, shift_mask, shifted_window_order
 from tessera.core.base import TesseraModel, replace_config
 from tessera.core.registry import register_model
+from tessera.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    check_token_mask,
+    checkpointed,
+    drop_path_rates,
+    resample_abs_pos_embed,
+    to_2tuple,
+)
+from tessera.layers.window_attention import (
+    WindowAttention,
+    cyclic_shift,
+    pad_to_windows,
+    reverse_cyclic_shift,
+    shifted_window_mask,
+    window_partition,
+    window_reverse,
+)
+from tessera.models.swin_fast import DEFAULT_CHUNK_TOKENS, SwinFastPath
 
 PosEmbed = Literal["rel", "none", "abs", "abs+rel"]
 
@@ -53,6 +70,8 @@ class SwinConfig:
     shift=False uses regular windows (W-MSA) in every block; pos_embed picks
     the relative position bias ("rel", the paper's default), an absolute
     embedding added to the patch tokens ("abs", ViT's), both, or neither.
+    `use_mask_token` adds SimMIM's learned mask token (`forward_tokens(x, mask)`);
+    off by default, so that foreign checkpoints load strictly.
     """
 
     img_size: int | tuple[int, int] = 224
@@ -69,6 +88,7 @@ class SwinConfig:
     drop_path_rate: float = 0.1
     shift: bool = True
     pos_embed: PosEmbed = "rel"
+    use_mask_token: bool = False
 
     def __post_init__(self) -> None:
         for name in ("img_size", "window_size"):
@@ -98,6 +118,9 @@ class SwinConfig:
         for name in ("drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("shift", "qkv_bias", "use_mask_token"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.pos_embed not in ("rel", "none", "abs", "abs+rel"):
             raise ValueError(f"pos_embed must be one of 'rel', 'none', 'abs', 'abs+rel'; got {self.pos_embed!r}")
 
@@ -108,23 +131,7 @@ class SwinConfig:
         return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
 
 
-# Tokens per image group of a stage at inference (`SwinTransformer.set_inference_chunking`): one
-# 224 x 224 image in stage 1 (56 x 56 = 3,136 tokens), the batch of 8 in stages 3 and 4. Groups of
-# 3k to 6k tokens measured alike on a 2-core CPU; 12k was slower.
-DEFAULT_CHUNK_TOKENS = 4096
-
 # ---------------------------------------------------------------- pure helpers
-
-
-def inference_chunk(chunk_tokens: int | None, x: Tensor) -> int | None:
-    """The chunk size for x: `chunk_tokens` at CPU inference (no autograd), else None (no chunking).
-
-    Chunking is a CPU cache and allocator measure; on a GPU it would only cut
-    the parallelism of each kernel, and with autograd it saves nothing.
-    """
-    if chunk_tokens is None or torch.is_grad_enabled() or x.device.type != "cpu":
-        return None
-    return chunk_tokens
 
 
 def stage_window(
@@ -145,33 +152,23 @@ def stage_window(
     return window, ((window[0] // 2, window[1] // 2) if shifted else (0, 0))
 
 
-def window_attention_padded(
-    x: Tensor,
-    attn: WindowAttention,
-    window: tuple[int, int],
-    shift: tuple[int, int],
-    chunk_tokens: int | None = None,
+def shifted_window_attention(
+    x: Tensor, attn: WindowAttention, window: tuple[int, int], shift: tuple[int, int]
 ) -> Tensor:
-    """(S)W-MSA on a normalised (B, H, W, C) map of any size -> (B, H, W, C).
+    """(S)W-MSA of a normalised (B, H, W, C) map of any size -> (B, H, W, C); shift (0, 0): W-MSA.
 
-    Pad to window multiples (zeros, after the LayerNorm, as the official
-    detection backbone), cyclic shift, partition, attend, merge, shift back,
-    crop; the shift and the partition are one token gather (`window_order`),
-    and so are the merge and the shift back. The shift mask is computed on the
-    padded map; padded tokens are not masked otherwise (same as the official
-    code and transformers). `chunk_tokens`: see `WindowAttention.forward`.
+    The shift mask is computed on the padded map; padded tokens are not masked
+    otherwise (as in the official code and transformers).
     """
     B, H, W, C = x.shape
-    (wh, ww), (sh, sw) = window, shift
-    if H % wh or W % ww:
-        x = F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))  # (B, Hp, Wp, C)
-    Hp, Wp = x.shape[1], x.shape[2]
-    mask = shift_mask((Hp, Wp), window, shift, x.device) if sh or sw else None  # (nW, N, N), cached
-    # cyclic shift + partition as one gather of tokens (and its inverse), cached per resolution
-    to_windows, to_grid = shifted_window_order((Hp, Wp), window, shift, x.device)
-    windows = x.flatten(1, 2).index_select(1, to_windows).view(B, -1, wh * ww, C)  # (B, nW, N, C)
-    windows = attn(windows, mask, window, chunk_tokens)  # (B, nW, N, C)
-    x = windows.flatten(1, 2).index_select(1, to_grid).view(B, Hp, Wp, C)  # merge + reverse shift
+    x = pad_to_windows(x, window)  # (B, Hp, Wp, C), zeros after the LayerNorm
+    grid = (x.shape[1], x.shape[2])
+    mask = shifted_window_mask(grid, window, shift).to(x.device) if shift[0] or shift[1] else None  # (nW, N, N)
+    x = cyclic_shift(x, shift)  # roll by -M/2: the shifted windows become regular ones
+    windows = window_partition(x, window)  # (B, nW, N, C)
+    windows = attn(windows, mask, window)  # Softmax(Q K^T / sqrt(d) + B + mask) V in each window
+    x = window_reverse(windows, window, grid)  # merge: (B, Hp, Wp, C)
+    x = reverse_cyclic_shift(x, shift)  # roll back by +M/2
     return x[:, :H, :W]  # crop the padding
 
 
@@ -213,31 +210,21 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
-        self.chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS  # see `SwinTransformer.set_inference_chunking`
-
-    def msa(self, x: Tensor) -> Tensor:
-        """W-MSA or SW-MSA of a normalised (B, H, W, C) map, window and shift fitted to H, W."""
-        window, shift = stage_window((x.shape[1], x.shape[2]), self.window, self.shifted)
-        return window_attention_padded(x, self.attn, window, shift, inference_chunk(self.chunk_tokens, x))
 
     def forward(self, z: Tensor) -> Tensor:
         """z: (B, H, W, C) -> (B, H, W, C)."""
         z = z + self.drop_path(self.msa(self.norm1(z)))  # ẑ = (S)W-MSA(LN(z)) + z
-        if self.chunk_mlp(z):
-            return self.mlp_residual_chunked(z)
         z = z + self.drop_path(self.mlp(self.norm2(z)))  # z = MLP(LN(ẑ)) + ẑ
         return z
 
-    def chunk_mlp(self, z: Tensor) -> bool:
-        """Evaluate the MLP half in token chunks: CPU inference in eval mode on a map of more tokens than a chunk."""
-        chunk = inference_chunk(self.chunk_tokens, z)
-        return chunk is not None and not self.training and z[..., 0].numel() > chunk
+    def msa(self, x: Tensor) -> Tensor:
+        """W-MSA or SW-MSA of a normalised (B, H, W, C) map."""
+        window, shift = self.window_and_shift((x.shape[1], x.shape[2]))
+        return shifted_window_attention(x, self.attn, window, shift)
 
-    def mlp_residual_chunked(self, z: Tensor) -> Tensor:
-        """MLP(LN(ẑ)) + ẑ over chunks of `chunk_tokens` tokens: the MLP acts on each token alone,
-        so its 4C-wide hidden tensor needs only one chunk's memory (a large image in one stage)."""
-        tokens = z.reshape(-1, z.shape[-1])  # (B H W, C)
-        return torch.cat([t + self.mlp(self.norm2(t)) for t in tokens.split(self.chunk_tokens)]).view(z.shape)
+    def window_and_shift(self, grid: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The window and shift of this block on an (H, W) map (`stage_window`)."""
+        return stage_window(grid, self.window, self.shifted)
 
 
 class PatchMerging(nn.Module):
@@ -282,30 +269,12 @@ class SwinStage(nn.Module):
             for i in range(depth)
         )
         self.grad_checkpointing = False
-        self.chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS  # see `SwinTransformer.set_inference_chunking`
 
     def forward(self, z: Tensor) -> Tensor:
         """(B, H, W, C/2) -> (B, H/2, W/2, C) through patch merging, or (B, H, W, C) kept in stage 1."""
         z = self.patch_merge(z)
-        chunk = inference_chunk(self.chunk_tokens, z)
-        if chunk is None:
-            return self.run_blocks(z)
-        # CPU inference: every image is independent, so run the blocks on groups of images of at
-        # most `chunk` tokens; the blocks' intermediates (qkv, the 4C-wide MLP hidden) then stay
-        # small enough to be reused from cache instead of being fresh page-faulted allocations.
-        B, H, W, _ = z.shape
-        per_chunk = max(1, chunk // (H * W))
-        if per_chunk >= B:
-            return self.run_blocks(z)
-        return torch.cat([self.run_blocks(chunk) for chunk in z.split(per_chunk)])
-
-    def run_blocks(self, z: Tensor) -> Tensor:
-        """The stage's blocks in order (with activation checkpointing when enabled and training)."""
         for block in self.blocks:
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                z = checkpoint(block, z, use_reentrant=False)
-            else:
-                z = block(z)
+            z = checkpointed(block, z, enabled=self.grad_checkpointing)  # recomputed in backward if enabled
         return z
 
 
@@ -316,22 +285,36 @@ class SwinTransformer(TesseraModel):
     """Swin Transformer classifier and hierarchical backbone.
 
     Encoder API (for dense heads and wrappers such as SimMIM or DPT):
-    `forward_intermediates(x)` / `features(x)` give one (B, C_i, H_i, W_i)
-    map per stage (the stage output, before the next patch merging), with
-    `feature_info` listing C_i and the stride; `forward_features(x)` gives the
-    final LayerNorm'd (B, H, W, C) map.
+    `forward_tokens(x, mask=None)` gives the final LayerNorm'd tokens
+    (B, H_L W_L, C_L), row-major over the last stage's grid (a mask over the
+    stage-1 patches swaps their embeddings for the learned `mask_token`, built
+    with `use_mask_token=True`); `forward_intermediates(x, indices)` one
+    (B, C_i, H_i, W_i) map per stage (the stage output, before the next patch
+    merging), with `feature_info` listing C_i and the stride; Swin has no
+    prefix tokens. `forward_features(x)` gives the final LayerNorm'd
+    (B, H, W, C) map.
+
+    The stages run through `tessera.models.swin_fast.SwinFastPath` (the same
+    computation with cached gathers and biases, and chunking at CPU inference)
+    unless `set_fast_path(False)` selects the plain modules, which read like
+    the notes.
     """
 
     family = "swin"
     head_keys = ("head.",)
+    num_prefix_tokens = 0  # no class token: every token is a patch
 
     def __init__(self, config: SwinConfig) -> None:
         super().__init__(config)
         c = config
         dims = [c.embed_dim * 2**i for i in range(len(c.depths))]
         self.num_features = dims[-1]
+        self.patch_size = c.patch_size
 
         self.patch_embed = PatchEmbed(c.patch_size, c.in_chans, c.embed_dim, norm=True, pad=True)
+        # SimMIM's learned token for masked patches (forward_tokens(x, mask)); only when asked
+        # for, so that timm / transformers / official checkpoints load strictly.
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim)) if c.use_mask_token else None
         # Absolute position embedding ("abs" ablation), learned on the configured grid.
         self.abs_pos_embed = (
             nn.Parameter(torch.zeros(1, *c.grid, c.embed_dim)) if c.pos_embed in ("abs", "abs+rel") else None
@@ -362,18 +345,39 @@ class SwinTransformer(TesseraModel):
             {"num_chs": dims[i], "reduction": c.patch_size * 2**i, "module": f"stages.{i}"}
             for i in range(len(dims))
         ]
+        # The performance machinery (swin_fast.py); None runs the plain modules.
+        self.fast_path: SwinFastPath | None = SwinFastPath(DEFAULT_CHUNK_TOKENS)
         self.apply(_init_weights)
-        if self.abs_pos_embed is not None:
-            nn.init.trunc_normal_(self.abs_pos_embed, std=0.02)
+        for p in (self.abs_pos_embed, self.mask_token):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
 
     # -- encoder
 
-    def embed(self, x: Tensor) -> Tensor:
-        """Patch partition + linear embedding (+ absolute position): (B, C_in, H, W) -> (B, H/P, W/P, C)."""
+    def embed(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Patch partition + linear embedding (+ mask token, + absolute position).
+
+        Args:
+            x: images (B, C_in, H, W).
+            mask: (B, N_patches) bool over the row-major (H/P, W/P) patch grid
+                (after padding to patch multiples); True: replace the patch's
+                embedding by the mask token.
+
+        Returns:
+            z_0, (B, H/P, W/P, C).
+        """
         z = self.patch_embed(x)  # checks the input; pads H, W to patch multiples
+        if mask is not None:
+            z = self._apply_mask_token(z, mask)
         if self.abs_pos_embed is not None:
             z = z + self._abs_pos_embed((z.shape[1], z.shape[2]))
         return self.pos_drop(z)
+
+    def _apply_mask_token(self, z: Tensor, mask: Tensor) -> Tensor:
+        """SimMIM: masked patch embeddings (after the patch LayerNorm, before the position) -> mask token."""
+        B, H, W, C = z.shape
+        check_token_mask(mask, B, H * W, self.mask_token is not None)
+        return torch.where(mask.view(B, H, W, 1), self.mask_token.view(1, 1, 1, C).to(z.dtype), z)
 
     def _abs_pos_embed(self, grid: tuple[int, int]) -> Tensor:
         """The learned (1, H, W, C) embedding, bicubic-resampled when the grid is not the configured one."""
@@ -383,14 +387,68 @@ class SwinTransformer(TesseraModel):
         flat = resample_abs_pos_embed(pos.flatten(1, 2), grid, old_grid=tuple(pos.shape[1:3]), num_prefix_tokens=0)
         return flat.reshape(1, grid[0], grid[1], -1)
 
-    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """One map per stage, [(B, C_i, H_i, W_i)], the stage outputs (no final norm)."""
-        z = self.embed(x)
-        maps = []
+    def run_stage(self, stage: SwinStage, z: Tensor) -> Tensor:
+        """One stage, (B, H, W, C) -> (B, H', W', C'): through the fast path, or the plain modules."""
+        return stage(z) if self.fast_path is None else self.fast_path.run_stage(stage, z)
+
+    def forward_tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """(B, C_in, H, W) -> final LayerNorm'd tokens (B, H_L W_L, C_L), row-major over the last grid.
+
+        `mask`: (B, N_patches) bool over the stage-1 patches (see `embed`); needs `use_mask_token=True`.
+        """
+        z = self.embed(x, mask)
         for stage in self.stages:
-            z = stage(z)  # (B, H_i, W_i, C_i)
-            maps.append(z.permute(0, 3, 1, 2).contiguous())
-        return maps
+            z = self.run_stage(stage, z)
+        return self.norm(z).flatten(1, 2)
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        norm: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
+        """Stage outputs as maps (B, C_i, H_i, W_i), before the next patch merging.
+
+        Args:
+            x: images (B, C_in, H, W).
+            indices: stage indices (negative count from the end), an int n (the
+                last n stages), or None (every stage). Maps come in this order.
+            norm: apply the final LayerNorm to the last stage's map (as
+                `forward_features` does); other stages have no norm of their own.
+            return_prefix_tokens: also return one (B, 0, C_i) tensor per map:
+                Swin has no prefix tokens.
+
+        Returns:
+            The maps, or (maps, prefix tokens) with `return_prefix_tokens`.
+        """
+        take = self._stage_indices(indices)
+        last = len(self.stages) - 1
+        z = self.embed(x)
+        outputs: dict[int, Tensor] = {}
+        for i, stage in enumerate(self.stages[: max(take, default=-1) + 1]):
+            z = self.run_stage(stage, z)  # (B, H_i, W_i, C_i)
+            if i in take:
+                out = self.norm(z) if norm and i == last else z
+                outputs[i] = out.permute(0, 3, 1, 2).contiguous()  # (B, C_i, H_i, W_i)
+        maps = [outputs[i] for i in take]
+        if not return_prefix_tokens:
+            return maps
+        return maps, [m.new_zeros(m.shape[0], 0, m.shape[1]) for m in maps]
+
+    def _stage_indices(self, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
+        """Stage indices in [0, n) from None (all), an int n (the last n) or a list (negative allowed)."""
+        n = len(self.stages)
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"indices as an int is a count of last stages in [1, {n}], got {indices}")
+            return list(range(n - indices, n))
+        bad = [i for i in indices if not -n <= i < n]
+        if bad:
+            raise ValueError(f"stage indices must be in [-{n}, {n - 1}] for {n} stages, got {list(indices)}")
+        return [i % n for i in indices]
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Hierarchical feature maps for dense heads: [(B, C_i, H_i, W_i)] (see `feature_info`)."""
@@ -400,7 +458,7 @@ class SwinTransformer(TesseraModel):
         """(B, C_in, H, W) -> LayerNorm'd last-stage map (B, H/32, W/32, 8C) for P = 4."""
         z = self.embed(x)
         for stage in self.stages:
-            z = stage(z)
+            z = self.run_stage(stage, z)
         return self.norm(z)
 
     # -- classifier
@@ -420,27 +478,29 @@ class SwinTransformer(TesseraModel):
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
 
+    # -- settings
+
+    def set_fast_path(self, enable: bool = True, chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
+        """Run the stages through `SwinFastPath` (True, the default) or the plain modules (False).
+
+        Both compute the same function with the same parameters (see
+        swin_fast.py); the plain path is the reference that reads like the notes.
+        """
+        self.fast_path = SwinFastPath(chunk_tokens) if enable else None
+
     def set_inference_chunking(self, max_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
-        """At CPU inference (no autograd), compute in chunks of at most `max_tokens` tokens (None: off).
+        """At CPU inference, compute in chunks of at most `max_tokens` tokens (None: off).
 
         Each stage runs on groups of whole images of at most `max_tokens`
         tokens (at least one image); where one image has more, each block
         attends over groups of windows and runs its MLP half on groups of
-        tokens of that size. The result is the same: images, windows and, in
-        the MLP, tokens are computed alone either way (float rounding of the
-        batched matmuls may differ by ~1e-7). Smaller pieces keep the
-        intermediates in cache and out of memory. Swin-T on a 2-core CPU
-        (benchmarks/bench_swin.py): batch 8 at 224 runs ~9% faster; at batch
-        32 the peak memory above the input is 209 MiB instead of 455 MiB; one
-        1120 x 1120 image takes 1.96 s and 286 MiB instead of 2.10 s and
-        518 MiB. Training (autograd, or train mode for the MLP) and other
-        devices are never chunked.
+        tokens of that size. The result is the same (float rounding of the
+        batched matmuls may differ by ~1e-7); smaller pieces keep the
+        intermediates in cache and out of memory. Training (autograd or train
+        mode) and other devices are never chunked. Part of the fast path
+        (swin_fast.py), which this turns on.
         """
-        if max_tokens is not None and max_tokens < 1:
-            raise ValueError(f"max_tokens must be a positive token count or None, got {max_tokens}")
-        for module in self.modules():
-            if isinstance(module, (SwinStage, SwinBlock)):
-                module.chunk_tokens = max_tokens
+        self.set_fast_path(True, max_tokens)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass (saves memory while training)."""
@@ -448,8 +508,12 @@ class SwinTransformer(TesseraModel):
             stage.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names the official recipe trains without weight decay (position encodings)."""
-        return {n for n, _ in self.named_parameters() if n == "abs_pos_embed" or n.endswith("rel_pos_bias.table")}
+        """Parameter names trained without weight decay: position encodings (official recipe), mask token."""
+        return {
+            n
+            for n, _ in self.named_parameters()
+            if n in ("abs_pos_embed", "mask_token") or n.endswith("rel_pos_bias.table")
+        }
 
 
 def _init_weights(module: nn.Module) -> None:

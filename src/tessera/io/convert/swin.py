@@ -17,20 +17,23 @@ Layouts, detected from the keys (tessera's: `stages.{i}.blocks.{j}...`):
 
 Then, whatever the layout: a relative-bias table learned for another window
 size is resized (bicubic) and an absolute embedding is brought to the model's
-grid. A state dict already in tessera's layout that fits comes back unchanged.
+grid, with the helpers every converter shares (`tessera.io.convert.common`):
+the source window / grid is the saved tessera config's when there is one (a
+(4, 6) window is told from a (6, 4) one), else a square one. A state dict
+already in tessera's layout that fits comes back unchanged. SimMIM's
+`mask_token` is kept for a model built with `use_mask_token=True`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import re
 
-import torch
 from torch import Tensor, nn
 
 from tessera.io.convert import StateDict, register_converter
-from tessera.layers.pos_embed import resample_abs_pos_embed, resize_rel_pos_table
+from tessera.io.convert.common import fit_pos_grid, fit_rel_pos_table, fuse_qkv, saved_patch_grid, saved_value
+from tessera.layers.patch_embed import to_2tuple
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +48,14 @@ def convert_swin(state: StateDict, model: nn.Module, source_config: dict | None 
         out = state
     elif any(k.startswith(("embeddings.", "encoder.layers.", "swin.embeddings.", "swin.encoder.")) for k in keys):
         log.info("swin checkpoint: Hugging Face transformers layout")
-        out = _from_transformers(state)
+        out = _from_transformers(state, "mask_token" in model.state_dict())
     elif any(k.startswith("layers.") for k in keys):
         merge_at_end = any(k.startswith("layers.0.downsample.") for k in keys)
         log.info("swin checkpoint: %s layout", "official / timm < 0.9" if merge_at_end else "timm")
         out = _from_timm(state, merge_at_end)
     else:
         return state  # unknown: load_checkpoint reports what is missing
-    return _fit_to_model(out, model)
+    return _fit_to_model(out, model, source_config)
 
 
 # ---------------------------------------------------------------- timm / official
@@ -100,12 +103,12 @@ _HF_BLOCK_NAMES = {
     "mlp.fc2.": "mlp.fc2.",
 }
 _HF_QKV = {
-    "attention.self.query.": 0,
-    "attention.self.key.": 1,
-    "attention.self.value.": 2,
-    "attention.q_proj.": 0,
-    "attention.k_proj.": 1,
-    "attention.v_proj.": 2,
+    "attention.self.query.": "q",
+    "attention.self.key.": "k",
+    "attention.self.value.": "v",
+    "attention.q_proj.": "q",
+    "attention.k_proj.": "k",
+    "attention.v_proj.": "v",
 }
 _HF_TABLE = (
     "attention.self.relative_position_bias_table",
@@ -113,9 +116,9 @@ _HF_TABLE = (
 )
 
 
-def _from_transformers(state: StateDict) -> StateDict:
+def _from_transformers(state: StateDict, keep_mask_token: bool) -> StateDict:
     out: StateDict = {}
-    qkv: dict[str, list] = {}  # 'stages.i.blocks.j.attn.qkv.weight' -> [q, k, v]
+    qkv: dict[str, dict[str, Tensor]] = {}  # 'stages.i.blocks.j.attn.qkv.weight' -> {'q', 'k', 'v'}
     for k, v in state.items():
         k = k.removeprefix("swin.")
         if k.endswith(_DERIVED):
@@ -129,7 +132,7 @@ def _from_transformers(state: StateDict) -> StateDict:
             part = next((p for p in _HF_QKV if rest.startswith(p)), None)
             if part is not None:
                 name = prefix + "attn.qkv." + rest[len(part) :]
-                qkv.setdefault(name, [None] * 3)[_HF_QKV[part]] = v
+                qkv.setdefault(name, {})[_HF_QKV[part]] = v
                 continue
             old = next((p for p in _HF_BLOCK_NAMES if rest.startswith(p)), None)
             if old is None:
@@ -145,57 +148,48 @@ def _from_transformers(state: StateDict) -> StateDict:
         elif k == "embeddings.position_embeddings":
             out["abs_pos_embed"] = v
         elif k == "embeddings.mask_token":
-            log.info("swin checkpoint: dropping SimMIM's embeddings.mask_token")
+            if keep_mask_token:
+                out["mask_token"] = v
+            else:
+                log.info("swin checkpoint: dropping SimMIM's embeddings.mask_token (model without use_mask_token)")
         elif k.startswith("layernorm."):
             out["norm." + k[len("layernorm.") :]] = v
         elif k.startswith("classifier."):
             out["head." + k[len("classifier.") :]] = v
         else:
             out[k] = v
-    for name, parts in qkv.items():
-        if any(p is None for p in parts):
-            raise ValueError(f"transformers Swin checkpoint lacks one of query/key/value for {name!r}")
-        out[name] = torch.cat(parts, dim=0)  # rows: q, then k, then v
-    return out
+    return {**out, **fuse_qkv(qkv, "transformers Swin")}
 
 
 # ---------------------------------------------------------------- fit to the model
 
 
-def _fit_to_model(state: StateDict, model: nn.Module) -> StateDict:
+def _fit_to_model(state: StateDict, model: nn.Module, source_config: dict | None) -> StateDict:
     """Resize relative-bias tables and absolute embeddings whose shape differs from the model's."""
     expected = model.state_dict()
+    config = model.config
+    window = to_2tuple(config.window_size)
+    saved_window = saved_value(source_config, "window_size")
+    saved_window = None if saved_window is None else to_2tuple(saved_window)
     changed: StateDict = {}
     for k, v in state.items():
         want = expected.get(k)
-        if want is None or want.shape == v.shape:
+        if want is None or (want.shape == v.shape and saved_window in (None, window)):
             continue
         if k.endswith("rel_pos_bias.table") and v.ndim == 2 and v.shape[1] == want.shape[1]:
-            changed[k] = _resize_table(k, v, model)
-        elif k == "abs_pos_embed":
-            changed[k] = _fit_abs_pos_embed(v, tuple(want.shape[1:3]))
+            changed[k] = fit_rel_pos_table(v, window, saved_window, k)
+        elif k == "abs_pos_embed" and v.shape[-1] == want.shape[-1]:
+            changed[k] = _fit_abs_pos_embed(v, tuple(want.shape[1:3]), saved_patch_grid(source_config))
     return {**state, **changed} if changed else state
 
 
-def _resize_table(key: str, table: Tensor, model: nn.Module) -> Tensor:
-    """Bicubic resize of a ((2M-1)^2, heads) table to the model's window (notes 003: '(2M-1)^2 bias per head')."""
-    attn = model.get_submodule(key.removesuffix(".rel_pos_bias.table"))
-    side = math.isqrt(table.shape[0])
-    if side * side != table.shape[0] or side % 2 == 0:
-        raise ValueError(
-            f"{key!r}: cannot infer the window of a relative-bias table with {table.shape[0]} rows "
-            f"(expected (2M-1)^2); the model's window is {attn.window}"
-        )
-    old = ((side + 1) // 2, (side + 1) // 2)
-    log.info("swin checkpoint: resizing %s from window %s to %s (bicubic)", key, old, attn.window)
-    return resize_rel_pos_table(table, attn.window, old_window=old)
+def _fit_abs_pos_embed(pos: Tensor, grid: tuple[int, int], saved_grid: tuple[int, int] | None) -> Tensor:
+    """An absolute embedding (1, H, W, C) (tessera) or (1, N, C) (official) -> (1, *grid, C).
 
-
-def _fit_abs_pos_embed(pos: Tensor, grid: tuple[int, int]) -> Tensor:
-    """An absolute embedding (1, N, C) or (1, H, W, C) -> (1, *grid, C), resampled if N differs."""
+    A 4-D embedding knows its grid; a flat one takes the saved config's, else a square one.
+    """
     C = pos.shape[-1]
-    flat = pos.reshape(1, -1, C)
-    if flat.shape[1] != grid[0] * grid[1]:
-        old = tuple(pos.shape[1:3]) if pos.ndim == 4 else None
-        flat = resample_abs_pos_embed(flat, grid, old_grid=old, num_prefix_tokens=0)
-    return flat.reshape(1, grid[0], grid[1], C)
+    if pos.ndim == 4:
+        saved_grid = tuple(pos.shape[1:3])
+    flat = fit_pos_grid(pos.reshape(1, -1, C), grid, 0, saved_grid, "abs_pos_embed")
+    return flat.reshape(1, grid[0], grid[1], C) if flat.shape[1] == grid[0] * grid[1] else pos

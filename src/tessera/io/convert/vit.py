@@ -21,14 +21,12 @@ tables are resized likewise, so a 224-px checkpoint loads into a 384-px model.
 from __future__ import annotations
 
 import logging
-import math
 import re
 
-import torch
 from torch import Tensor, nn
 
 from tessera.io.convert import StateDict, register_converter
-from tessera.layers import resample_abs_pos_embed, resize_rel_pos_table, to_2tuple
+from tessera.io.convert.common import fit_pos_grid, fit_rel_pos_table, fuse_qkv, saved_patch_grid
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +72,7 @@ def _from_transformers(state: StateDict, model: nn.Module) -> StateDict:
     prefix = mark[: -len(_HF_MARK)]  # "vit.", "deit." or "" (bare ViTModel)
     own = model.state_dict()
     out: StateDict = {}
-    qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
+    qkv: dict[str, dict[str, Tensor]] = {}  # 'blocks.i.attn.qkv.weight' -> {'q', 'k', 'v'}
     for key, value in state.items():
         head, _, rest = key.partition(".")
         if head in _HF_HEADS:  # classifier / cls_classifier / distillation_classifier
@@ -90,64 +88,41 @@ def _from_transformers(state: StateDict, model: nn.Module) -> StateDict:
             out[new] = value
             continue
         if name == "embeddings.mask_token":
-            continue  # only used by transformers' masked-image-modelling head
+            if "mask_token" in own:  # a model built with use_mask_token=True keeps it
+                out["mask_token"] = value
+            continue  # else: only used by transformers' masked-image-modelling head
         m = _HF_LAYER_RE.match(name)
         if m is None:
             raise ValueError(f"unknown key {key!r} in a transformers ViT/DeiT checkpoint")
         i, sub, kind = int(m.group(1)), m.group(2), m.group(3)
         if sub in _HF_QKV:
-            qkv.setdefault((i, kind), {})[_HF_QKV[sub]] = value
+            qkv.setdefault(f"blocks.{i}.attn.qkv.{kind}", {})[_HF_QKV[sub]] = value
         elif sub in _HF_LAYER:
             out[f"blocks.{i}.{_HF_LAYER[sub]}.{kind}"] = value
         else:
             raise ValueError(f"unknown key {key!r} in a transformers ViT/DeiT checkpoint")
-    for (i, kind), parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
-            raise ValueError(f"layer {i} of the checkpoint lacks some of query/key/value {kind}")
-        out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return out
+    return {**out, **fuse_qkv(qkv, "transformers ViT/DeiT")}
 
 
-def _square_side(n: int) -> int | None:
-    side = math.isqrt(n)
-    return side if side * side == n else None
-
-
-def _fit_positions(state: StateDict, model: nn.Module, saved_grid: tuple[int, int] | None = None) -> StateDict:
+def _fit_positions(state: StateDict, model: nn.Module, source_config: dict | None) -> StateDict:
     """Resample the checkpoint's position grid and relative-bias tables to the model's grid.
 
-    The checkpoint's grid is `saved_grid` when it holds that many positions
-    (a tessera checkpoint knows its image size), else a square one (timm's
-    and transformers' files do not say; their grids are square).
+    The source grid comes from the saved tessera config when it has one, else
+    a square one (see `tessera.io.convert.common`).
     """
     own = model.state_dict()
     grid = tuple(model.patch_grid)
-    prefix = model.num_prefix_tokens
+    saved_grid = saved_patch_grid(source_config)
     pe = state.get("pos_embed")
     if pe is not None and "pos_embed" not in own:
         # A fixed sine-cosine grid stored by timm as a frozen parameter: ours is derived.
         state = {k: v for k, v in state.items() if k != "pos_embed"}
     elif pe is not None and pe.ndim == 3 and pe.shape[-1] == own["pos_embed"].shape[-1]:
-        n, same_shape = pe.shape[1] - prefix, pe.shape == own["pos_embed"].shape
-        side = _square_side(n)
-        if saved_grid and saved_grid[0] * saved_grid[1] == n:
-            old = None if saved_grid == grid else saved_grid  # 4 x 6 saved, 6 x 4 wanted: resample
-        else:  # a foreign file: a square grid, if the shape does not already fit
-            old = None if same_shape or side is None else (side, side)
-        if old is not None:
-            log.info("resampling pos_embed from a %dx%d to a %dx%d grid", *old, *grid)
-            state = dict(state, pos_embed=resample_abs_pos_embed(pe, grid, old, prefix))
+        state = dict(state, pos_embed=fit_pos_grid(pe, grid, model.num_prefix_tokens, saved_grid))
     for key in [k for k in state if k.endswith("rel_pos_bias.table")]:
         table = state[key]
-        if key not in own or table.ndim != 2 or table.shape[1] != own[key].shape[1]:
-            continue
-        rows, side = table.shape[0], _square_side(table.shape[0])  # (2h - 1)(2w - 1) offsets
-        if saved_grid and (2 * saved_grid[0] - 1) * (2 * saved_grid[1] - 1) == rows:
-            old = None if saved_grid == grid else saved_grid
-        else:  # a foreign file: the table of a square grid, if the shape does not already fit
-            old = None if table.shape == own[key].shape or side is None or not side % 2 else ((side + 1) // 2,) * 2
-        if old is not None:
-            state = dict(state, **{key: resize_rel_pos_table(table, grid, old)})
+        if key in own and table.ndim == 2 and table.shape[1] == own[key].shape[1]:
+            state = dict(state, **{key: fit_rel_pos_table(table, grid, saved_grid, key)})
     return state
 
 
@@ -156,13 +131,5 @@ def convert_vit(state: StateDict, model: nn.Module, source_config: dict | None =
     """timm / transformers / tessera ViT or DeiT weights -> tessera's layout for `model`."""
     if any(k.endswith(_HF_MARK) for k in state):
         state = _from_transformers(state, model)
-    return _fit_positions(state, model, _saved_grid(source_config))
+    return _fit_positions(state, model, source_config)
 
-
-def _saved_grid(source_config: dict | None) -> tuple[int, int] | None:
-    """The patch grid a tessera checkpoint was trained on, from its saved config (None if unknown)."""
-    if not source_config or "img_size" not in source_config or "patch_size" not in source_config:
-        return None
-    h, w = to_2tuple(source_config["img_size"])
-    p = source_config["patch_size"]
-    return (h // p, w // p)

@@ -1,0 +1,218 @@
+"""Swin's performance machinery, kept apart from `tessera.models.swin`, which reads like the notes.
+
+`SwinFastPath.run_stage(stage, z)` computes exactly what `SwinStage.forward`
+computes (the same modules, parameters and random draws; outputs agree to
+float rounding, ~1e-6, and bit for bit where nothing is chunked), with three
+kinds of machinery that the plain path does not have:
+
+1. Gathers instead of copies. Cyclic shift + window partition is one token
+   permutation of the padded map, and merge + reverse shift is its inverse:
+   one `index_select` each instead of a roll (two copies) and a partition (one).
+   The index pair is cached per (grid, window, shift, device).
+2. Caches of derived tensors. The SW-MSA mask is cached per (grid, window,
+   shift, device); the sum B + mask of every attention layer is cached between
+   calls without autograd, keyed by everything it depends on (window, dtype,
+   mask, and the table's storage and version counter, which every in-place
+   update bumps: `load_state_dict`, an optimizer step, `table.mul_`), so a
+   weight change is never served a stale bias. Nothing is cached with
+   autograd on (the bias must be differentiable), under torch.compile (the
+   values become traced constants) or for inference tensors (no version
+   counter). The caches hold derived tensors only; none is in the state_dict,
+   and copies / pickles of a model start with empty ones.
+3. Chunking at CPU inference. With no autograd, in eval mode, on the CPU,
+   each stage runs on groups of whole images of at most `chunk_tokens`
+   tokens; when one image alone is larger, attention runs over groups of
+   windows and the MLP half over groups of tokens of that size. Images,
+   windows and (in the MLP) tokens are computed independently either way, so
+   the result is the same; the smaller intermediates stay in cache instead
+   of being fresh, page-faulted allocations. It is decided in one place,
+   `SwinFastPath.chunk_size`. On a GPU it would only cut each kernel's
+   parallelism; with autograd it saves nothing; in train mode DropPath draws
+   per image, so the MLP could not be cut into token chunks.
+
+The model selects this path with one flag, `SwinTransformer.set_fast_path(enable)`
+(on by default); tests/test_swin.py checks that both paths agree.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from tessera.layers.checkpoint import checkpointed
+from tessera.layers.window_attention import WindowAttention, pad_to_windows, shifted_window_mask, window_partition
+
+if TYPE_CHECKING:
+    from tessera.models.swin import SwinBlock, SwinStage
+
+# Tokens per image group of a stage at CPU inference: one 224 x 224 image in stage 1
+# (56 x 56 = 3,136 tokens), the batch of 8 in stages 3 and 4. Groups of 3k to 6k tokens
+# measured alike on a 2-core CPU; 12k was slower.
+DEFAULT_CHUNK_TOKENS = 4096
+
+
+# ---------------------------------------------------------------- gathers and cached derived tensors
+
+
+def window_order(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Cyclic shift + window partition of an (already padded) (H, W) grid as one token permutation.
+
+    Returns `(to_windows, to_grid)`, two (H*W,) indices: for x of shape
+    (B, H, W, C), `x.flatten(1, 2)[:, to_windows]` equals
+    `window_partition(cyclic_shift(x, shift), window)` flattened to
+    (B, nW*N, C), and `windows[:, to_grid]` undoes it.
+    """
+    H, W = grid
+    sh, sw = shift
+    rows = (torch.arange(H) + sh) % H  # after a roll by -s, row r holds row r + s
+    cols = (torch.arange(W) + sw) % W
+    index = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # (1, H, W, 1) source token ids
+    to_windows = window_partition(index, window).reshape(-1)  # (nW * N,)
+    return to_windows, torch.argsort(to_windows)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_window_order(grid, window, shift, device) -> tuple[Tensor, Tensor]:
+    with torch.inference_mode(False), torch.no_grad():  # one tensor serves inference and training
+        return tuple(t.to(device) for t in window_order(grid, window, shift))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_shift_mask(grid, window, shift, device) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return shifted_window_mask(grid, window, shift).to(device)
+
+
+def cached_window_order(
+    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """`window_order` on `device`, cached in eager mode (traced constants under torch.compile)."""
+    if torch.compiler.is_compiling():
+        return tuple(t.to(device) for t in window_order(grid, window, shift))
+    return _cached_window_order(grid, window, shift, device)
+
+
+def cached_shift_mask(
+    grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> Tensor:
+    """`shifted_window_mask` on `device`, cached in eager mode (a traced constant under torch.compile)."""
+    if torch.compiler.is_compiling():
+        return shifted_window_mask(grid, window, shift).to(device)
+    return _cached_shift_mask(grid, window, shift, device)
+
+
+# ---------------------------------------------------------------- the fast path
+
+
+class SwinFastPath:
+    """The machinery above, applied to a `SwinStage` and its blocks (see the module docstring).
+
+    Args:
+        chunk_tokens: tokens per chunk at CPU inference; None: never chunk.
+    """
+
+    def __init__(self, chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be a positive token count or None, got {chunk_tokens}")
+        self.chunk_tokens = chunk_tokens
+        # attention layer -> (key, B + mask); weak, so a replaced layer takes its entry with it
+        self._bias: weakref.WeakKeyDictionary[WindowAttention, tuple[tuple, Tensor | None, Tensor | None]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles keep the settings, not the caches (a copy's tables are other tensors)."""
+        return {"chunk_tokens": self.chunk_tokens}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
+    def chunk_size(self, z: Tensor, training: bool) -> int | None:
+        """Tokens per chunk for the map z: `chunk_tokens` at CPU inference in eval mode, else None."""
+        if self.chunk_tokens is None or training or torch.is_grad_enabled() or z.device.type != "cpu":
+            return None
+        return self.chunk_tokens
+
+    # -- stage and block
+
+    def run_stage(self, stage: SwinStage, z: Tensor) -> Tensor:
+        """`stage(z)`: (B, H, W, C/2) -> (B, H/2, W/2, C) (stage 1: (B, H, W, C) kept)."""
+        z = stage.patch_merge(z)
+        chunk = self.chunk_size(z, stage.training)
+        B, H, W, _ = z.shape
+        per_group = B if chunk is None else max(1, chunk // (H * W))  # whole images a group
+        if per_group >= B:
+            return self.run_blocks(stage, z, chunk)
+        return torch.cat([self.run_blocks(stage, group, chunk) for group in z.split(per_group)])
+
+    def run_blocks(self, stage: SwinStage, z: Tensor, chunk: int | None) -> Tensor:
+        """The stage's blocks in order (recomputed in backward when grad checkpointing is on)."""
+        for block in stage.blocks:
+            z = checkpointed(self.block, block, z, chunk, enabled=stage.grad_checkpointing)
+        return z
+
+    def block(self, block: SwinBlock, z: Tensor, chunk: int | None) -> Tensor:
+        """`block(z)` for z (B, H, W, C)."""
+        z = z + block.drop_path(self.msa(block, block.norm1(z), chunk))  # ẑ = (S)W-MSA(LN(z)) + z
+        if chunk is not None and z[..., 0].numel() > chunk:
+            return self.mlp_residual_in_chunks(block, z, chunk)
+        return z + block.drop_path(block.mlp(block.norm2(z)))  # z = MLP(LN(ẑ)) + ẑ
+
+    @staticmethod
+    def mlp_residual_in_chunks(block: SwinBlock, z: Tensor, chunk: int) -> Tensor:
+        """MLP(LN(ẑ)) + ẑ over chunks of `chunk` tokens (eval mode: DropPath is the identity).
+
+        The MLP acts on each token alone, so its 4C-wide hidden tensor needs
+        only one chunk's memory.
+        """
+        tokens = z.reshape(-1, z.shape[-1])  # (B H W, C)
+        return torch.cat([t + block.mlp(block.norm2(t)) for t in tokens.split(chunk)]).view(z.shape)
+
+    # -- the (S)W-MSA sub-layer
+
+    def msa(self, block: SwinBlock, x: Tensor, chunk: int | None) -> Tensor:
+        """`block.msa(x)` for a normalised (B, H, W, C) map: the notes' steps as two gathers."""
+        B, H, W, C = x.shape
+        window, shift = block.window_and_shift((H, W))
+        x = pad_to_windows(x, window)  # (B, Hp, Wp, C)
+        Hp, Wp = x.shape[1], x.shape[2]
+        N = window[0] * window[1]
+        mask = cached_shift_mask((Hp, Wp), window, shift, x.device) if shift[0] or shift[1] else None
+        bias = self.window_bias(block.attn, mask, window, block.attn.matmul_dtype or x.dtype)  # B + mask
+        to_windows, to_grid = cached_window_order((Hp, Wp), window, shift, x.device)
+        windows = x.flatten(1, 2).index_select(1, to_windows).view(B, Hp * Wp // N, N, C)  # shift + partition
+        windows = self.attend(block.attn, windows, bias, chunk)  # (B, nW, N, C)
+        x = windows.flatten(1, 2).index_select(1, to_grid).view(B, Hp, Wp, C)  # merge + reverse shift
+        return x[:, :H, :W]  # crop the padding
+
+    @staticmethod
+    def attend(attn: WindowAttention, windows: Tensor, bias: Tensor | None, chunk: int | None) -> Tensor:
+        """Window attention of (B, nW, N, C), over groups of windows of at most `chunk` tokens (at least one)."""
+        B, nW, N, _ = windows.shape
+        if chunk is None or B * nW * N <= chunk:
+            return attn.attend_windows(windows, bias)
+        per = max(1, chunk // max(1, B * N))  # windows a group, across the batch
+        groups = []
+        for start in range(0, nW, per):
+            part = bias if bias is None or bias.shape[0] == 1 else bias[start : start + per]
+            groups.append(attn.attend_windows(windows[:, start : start + per], part))
+        return torch.cat(groups, dim=1)
+
+    def window_bias(
+        self, attn: WindowAttention, mask: Tensor | None, window: tuple[int, int], dtype: torch.dtype
+    ) -> Tensor | None:
+        """`attn.window_bias(mask, window, dtype)`, cached without autograd (see the module docstring)."""
+        table = None if attn.rel_pos_bias is None else attn.rel_pos_bias.table
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or (table is not None and table.is_inference()):
+            return attn.window_bias(mask, window, dtype)
+        key = (window, dtype, None if table is None else (table.data_ptr(), table._version, table.device))
+        entry = self._bias.get(attn)
+        # the mask (from `cached_shift_mask`) by identity: the entry holds it, so its id stays unique
+        if entry is None or entry[0] != key or entry[1] is not mask:
+            entry = (key, mask, attn.window_bias(mask, window, dtype))
+            self._bias[attn] = entry
+        return entry[2]
