@@ -266,11 +266,10 @@ def _register(decoder: Decoder, size: str, task: Task) -> None:
     register_model(name, kind="dense", tiny=tiny)(build)
 
 
+# UPerNet in the Swin paper's three ADE20K sizes; FPN and the linear baseline on Swin-T.
 for _size in _SWINS:
-    for _decoder in ("fpn", "upernet"):
-        _register(_decoder, _size, "segmentation")
-    for _decoder in ("fpn", "upernet"):
-        if _size == "tiny":
-            _register(_decoder, _size, "depth")
-_register("linear", "tiny", "segmentation")
-_register("linear", "tiny", "depth")
+    _register("upernet", _size, "segmentation")
+for _decoder in ("fpn", "linear"):
+    _register(_decoder, "tiny", "segmentation")
+for _decoder in ("fpn", "upernet", "linear"):
+    _register(_decoder, "tiny", "depth")
