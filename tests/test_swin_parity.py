@@ -265,3 +265,46 @@ def test_official_layout_with_absolute_embedding_and_pair_window(tmp_path):
     x = torch.randn(2, 3, 30, 26)
     with torch.no_grad():
         assert torch.equal(src(x), dst.eval()(x))
+
+
+def test_saved_pair_window_is_honoured(tmp_path):
+    """A tessera checkpoint with (4, 6) windows into a (6, 4) model: the tables (same row count) are resized."""
+    cfg = dict(img_size=24, patch_size=2, embed_dim=16, depths=(2,), num_heads=(2,))
+    src = tessera.create_model("swin_tiny_patch4_window7_224", window_size=(4, 6), **cfg)
+    with torch.no_grad():
+        for name, p in src.named_parameters():
+            if name.endswith("rel_pos_bias.table"):
+                p.normal_()
+    src.save_pretrained(tmp_path / "w46")
+    dst = tessera.create_model("swin_tiny_patch4_window7_224", window_size=(6, 4), checkpoint=tmp_path / "w46", **cfg)
+    for j in range(2):
+        old = src.stages[0].blocks[j].attn.rel_pos_bias.table.detach()
+        new = dst.stages[0].blocks[j].attn.rel_pos_bias.table
+        assert old.shape == new.shape == (77, 2)
+        torch.testing.assert_close(new, resize_rel_pos_table(old, (6, 4), (4, 6)))
+    same = tessera.create_model("swin_tiny_patch4_window7_224", window_size=(4, 6), checkpoint=tmp_path / "w46", **cfg)
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), same.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_transformers_simmim_mask_token(tmp_path):
+    """SwinForMaskedImageModeling's mask token loads into use_mask_token=True; masked tokens agree with SwinModel."""
+    torch.manual_seed(4)
+    cfg = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[2, 2], num_heads=[2, 4], window_size=4,
+    )
+    hf = transformers.SwinForMaskedImageModeling(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            p.add_(torch.randn_like(p), alpha=0.5 if "relative_position" in name or "mask_token" in name else 0.05)
+    hf.save_pretrained(tmp_path / "simmim")
+    kw = dict(img_size=32, embed_dim=16, depths=(2, 2), num_heads=(2, 4), window_size=4, num_classes=0)
+    model = tessera_model(tmp_path / "simmim", use_mask_token=True, **kw)
+    torch.testing.assert_close(model.mask_token, hf.swin.embeddings.mask_token)
+    x = torch.randn(2, 3, 32, 32)
+    mask = torch.rand(2, 64) < 0.4
+    with torch.no_grad():
+        ref = hf.swin(pixel_values=x, bool_masked_pos=mask).last_hidden_state  # (B, 4 * 4, 32)
+        ours = model.forward_tokens(x, mask=mask)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    assert "mask_token" not in tessera_model(tmp_path / "simmim", **kw).state_dict()  # dropped otherwise

@@ -21,7 +21,8 @@ grid, with the helpers every converter shares (`tessera.io.convert.common`):
 the source window / grid is the saved tessera config's when there is one (a
 (4, 6) window is told from a (6, 4) one), else a square one. A state dict
 already in tessera's layout that fits comes back unchanged. SimMIM's
-`mask_token` is kept for a model built with `use_mask_token=True`.
+`mask_token` is kept for a model built with `use_mask_token=True` (and SimMIM's
+decoder of SwinForMaskedImageModeling dropped: it is not part of the encoder).
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def _from_transformers(state: StateDict, keep_mask_token: bool) -> StateDict:
                 out["mask_token"] = v
             else:
                 log.info("swin checkpoint: dropping SimMIM's embeddings.mask_token (model without use_mask_token)")
+        elif k.startswith("decoder."):
+            log.info("swin checkpoint: dropping SwinForMaskedImageModeling's %s (SimMIM's decoder, not the encoder)", k)
         elif k.startswith("layernorm."):
             out["norm." + k[len("layernorm.") :]] = v
         elif k.startswith("classifier."):
