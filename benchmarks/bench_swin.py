@@ -46,7 +46,8 @@ def peers_and_ours(folder: Path, compile: bool) -> dict:
     """{(library, mode): callable(x) -> logits} for every library and precision mode compared.
 
     tessera's rows: the default eager path; the same without inference
-    chunking (each stage on the whole batch at once); `optimize_for_inference` (opt-in:
+    chunking (each stage on the whole batch at once); the plain path without
+    any of swin_fast.py's machinery; `optimize_for_inference` (opt-in:
     oneDNN linear layers with bias and GELU fused); torch.compile of the
     default model (opt-in, with --compile; its compile time is printed); and
     in bf16 the opt-in "bf16 weights, fp32 matmuls" mode for CPUs without
@@ -64,12 +65,15 @@ def peers_and_ours(folder: Path, compile: bool) -> dict:
     plain, plain_bf16 = ours(), ours().to(torch.bfloat16)
     unchunked = ours()
     unchunked.set_inference_chunking(None)
+    reference = ours()
+    reference.set_fast_path(False)  # the plain modules that read like the notes
     fast = optimize_for_inference(ours())
     fast_bf16 = optimize_for_inference(ours().to(torch.bfloat16), matmul_dtype=torch.float32)
     runs = {
         ("transformers", "fp32"): lambda x: hf(pixel_values=x).logits,
         ("tessera", "fp32"): plain,
         ("tessera", "fp32 inference chunking off"): unchunked,
+        ("tessera", "fp32 plain path (set_fast_path(False))"): reference,
         ("tessera", "fp32 optimize_for_inference (opt-in)"): fast,
     }
     if compile:
