@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from tessera.diffusion.metrics import feature_stats, frechet_distance, frechet_distance_features, sqrtm_psd
+from tessera.eval.frechet import feature_stats, frechet_distance, frechet_distance_features, sqrtm_psd
 
 # ------------------------------------------------------------------ Fréchet distance
 

@@ -81,14 +81,34 @@ def _clip(x0: Tensor, clip_x0: float | bool) -> Tensor:
     return x0.clamp(-c, c)
 
 
-def _draw(x_t: Tensor, noise: Tensor | None, generator: torch.Generator | None) -> Tensor:
-    """z ~ N(0, I) shaped like x_t: the given noise, or torch.randn(x_t.shape, generator=generator)."""
+Generator = torch.Generator | list[torch.Generator] | None
+
+
+def randn(
+    shape: tuple[int, ...], generator: Generator = None, device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """torch.randn(shape), drawn from one generator or from one generator per sample.
+
+    With a list (one generator per sample, as diffusers accepts), sample i's noise
+    depends only on its own generator, so image i is the same in any batch size.
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]}: pass one per sample")
+        parts = [torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.cat([p.to(device or "cpu") for p in parts]) if parts else torch.empty(shape, dtype=dtype, device=device)
+    gen_device = generator.device if generator is not None else (device or "cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device or gen_device)
+
+
+def _draw(x_t: Tensor, noise: Tensor | None, generator: Generator) -> Tensor:
+    """z ~ N(0, I) shaped like x_t: the given noise, or drawn with `generator` (one, or one per sample)."""
     if noise is not None:
         if noise.shape != x_t.shape:
             raise ValueError(f"noise shape {tuple(noise.shape)} differs from x_t shape {tuple(x_t.shape)}")
         return noise.to(x_t)
-    device = generator.device if generator is not None else x_t.device
-    return torch.randn(x_t.shape, generator=generator, device=device, dtype=x_t.dtype).to(x_t.device)
+    return randn(tuple(x_t.shape), generator, device=x_t.device, dtype=x_t.dtype)
 
 
 class _Sampler:
@@ -103,7 +123,7 @@ class _Sampler:
         t: int | Tensor,
         x_t: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generator = None,
     ) -> Tensor:
         raise NotImplementedError
 
@@ -134,7 +154,7 @@ class _Sampler:
         self,
         model: Denoiser,
         shape: tuple[int, ...],
-        generator: torch.Generator | None = None,
+        generator: Generator = None,
         device: torch.device | str | None = None,
         x_T: Tensor | None = None,
         callback: Callable[[int, int, Tensor], None] | None = None,
@@ -145,7 +165,8 @@ class _Sampler:
             model: called as model(x_t, t) with x_t (B, C, H, W) and t (B,) int64; for class
                 conditioning pass a closure, e.g. `lambda x, t: unet(x, t, y)`.
             shape: (B, C, H, W) of the samples.
-            generator: seeds x_T ~ torch.randn(shape, generator=generator) and every z.
+            generator: seeds x_T ~ torch.randn(shape, generator=generator) and every z; a list of
+                one generator per sample makes sample i independent of the batch it is drawn in.
             device: where the model runs (default: CPU, or x_T's device).
             x_T: optional starting noise instead of drawing it.
             callback: called as callback(i, t, x_{t-1}) after every step (progress bars).
@@ -154,8 +175,7 @@ class _Sampler:
             NonFiniteSampleError: a NaN or inf appeared; names the step index and timestep.
         """
         if x_T is None:
-            gen_device = generator.device if generator is not None else "cpu"
-            x = torch.randn(shape, generator=generator, device=gen_device).to(device or "cpu")
+            x = randn(tuple(shape), generator, device=device or "cpu")
         else:
             if tuple(x_T.shape) != tuple(shape):
                 raise ValueError(f"x_T shape {tuple(x_T.shape)} differs from shape {tuple(shape)}")
@@ -205,7 +225,7 @@ class DDPMSampler(_Sampler):
         t: int | Tensor,
         x_t: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generator = None,
     ) -> Tensor:
         """x_{t-1} from x_t and the network output at t (DDPM Algorithm 2, one iteration).
 
@@ -293,7 +313,7 @@ class DDIMSampler(_Sampler):
         t: int | Tensor,
         x_t: Tensor,
         noise: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generator = None,
     ) -> Tensor:
         """x_{t'} from x_t, t' the next timestep of the grid (DDIM eq. 12).
 

@@ -13,7 +13,7 @@ weights and knows nothing about the noise network.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -96,6 +96,17 @@ class NoiseSchedule:
             min(1 - _cosine_alpha_bar((i + 1) / T) / _cosine_alpha_bar(i / T), max_beta) for i in range(T)
         ]
         return cls(torch.tensor(betas, dtype=torch.float32))
+
+    @classmethod
+    def from_name(
+        cls, kind: Literal["linear", "cosine"], T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02
+    ) -> NoiseSchedule:
+        """The schedule a training task or a run's diffusion.json names: "linear" or "cosine"."""
+        if kind == "linear":
+            return cls.linear(T, beta_start, beta_end)
+        if kind == "cosine":
+            return cls.cosine(T)
+        raise ValueError(f"schedule must be 'linear' or 'cosine', got {kind!r}")
 
     def __len__(self) -> int:
         return self.T

@@ -37,12 +37,8 @@ DIFFUSION_SPEC = "diffusion.json"
 
 
 def build_schedule(kind: Literal["linear", "cosine"], T: int, beta_start: float, beta_end: float) -> NoiseSchedule:
-    """The schedule named in a task's (or a run's diffusion.json) settings."""
-    if kind == "linear":
-        return NoiseSchedule.linear(T, beta_start, beta_end)
-    if kind == "cosine":
-        return NoiseSchedule.cosine(T)
-    raise ValueError(f"schedule must be 'linear' or 'cosine', got {kind!r}")
+    """The schedule named in a task's settings (`NoiseSchedule.from_name`; kept for older imports)."""
+    return NoiseSchedule.from_name(kind, T, beta_start, beta_end)
 
 
 class DiffusionTask(EMAHost, L.LightningModule):
