@@ -167,3 +167,24 @@ def test_ldm_task_trains_from_a_cached_latent_file(tmp_path, one_thread):
                    "init_args": {"path": str(cache), "batch_size": 8}}
     run = _fit(tmp_path, cfg, "cached")
     assert (run / "samples.png").is_file() and (run / "ldm.json").is_file()
+
+
+@pytest.mark.slow
+def test_text_conditioned_ldm_trains_and_samples_from_prompts(tmp_path, capsys, one_thread):
+    from tessera.cli import main
+
+    cfg = json.loads(json.dumps(TINY_RUN))
+    cfg["model"]["init_args"].update(conditioning="text", text_encoder_args={"depth": 1, "heads": 2})
+    cfg["data"] = {"class_path": "tessera.data.captions.DigitCaptionsDataModule",
+                   "init_args": {"img_size": 16, "in_chans": 1, "batch_size": 8, "normalize": "signed",
+                                 "context_length": 6, "vocab_size": 300, "augment": {"enabled": False}}}
+    run = _fit(tmp_path, cfg, "text")
+    spec = json.loads((run / "ldm.json").read_text())
+    assert spec["cond_encoder"]["type"] == "text" and spec["cond_encoder"]["context_len"] == 6
+    # a prompt with characters the captions never had: byte-level BPE spells them in bytes
+    args = ["sample-ldm", "--checkpoint", str(run), "--prompt", "a handwritten seven", "--prompt", "ein Schnee☃mann",
+            "--num", "2", "--steps", "2", "--out", str(tmp_path / "t.png")]
+    assert main(args) == 0 and (tmp_path / "t.png").is_file()
+    capsys.readouterr()
+    assert main(["sample-ldm", "--checkpoint", str(run), "--class", "3"]) == 2
+    assert "--prompt" in capsys.readouterr().err

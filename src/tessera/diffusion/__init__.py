@@ -8,6 +8,9 @@
 
 from tessera.diffusion import convert  # noqa: F401  (registers the "unet" checkpoint converter)
 from tessera.diffusion import ldm_convert  # noqa: F401  (registers the "ldm_unet" checkpoint converter)
+from tessera.diffusion.conditioning import ClassEmbedder, TextEncoder, TextEncoderConfig
+from tessera.diffusion.guidance import guided_denoiser
+from tessera.diffusion.latent import LatentDiffusion
 from tessera.diffusion.ldm_unet import LDMUNet, LDMUNetConfig
 from tessera.diffusion.objectives import (
     diffusion_loss,
@@ -21,7 +24,12 @@ from tessera.diffusion.schedule import NoiseSchedule
 from tessera.diffusion.unet import UNet, UNetConfig, create_unet, list_unets, unet_ddpm_cifar10, unet_digits
 
 __all__ = [
+    "ClassEmbedder",
     "LDMUNet",
+    "LatentDiffusion",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "guided_denoiser",
     "LDMUNetConfig",
     "DDIMSampler",
     "DDPMSampler",
