@@ -348,6 +348,30 @@ def test_position_encoding_switch(pos, has_abs, has_rel):
             assert not torch.allclose(model(x), before)
 
 
+def test_rel_pos_without_appearance_attends_from_the_bias_alone():
+    """'rel. pos. w/o app.': Softmax(B + mask) V, no Q K^T / sqrt(d) term, no q, k projections."""
+    attn = WindowAttention(16, 2, (4, 4), appearance=False).eval()
+    assert attn.qkv is None and attn.v.weight.shape == (16, 16)
+    mask = shifted_window_mask((8, 8), (4, 4), (2, 2))
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        attn.rel_pos_bias.table.normal_()
+        weights = (attn.relative_bias()[None, None] + mask[None, :, None]).softmax(-1)  # (1, nW, h, N, N)
+        v = attn.v(x).reshape(2, 4, 16, 2, 8).transpose(2, 3)  # (B, nW, h, N, d)
+        ref = attn.proj((weights @ v).transpose(2, 3).reshape(2, 4, 16, 16))
+        torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)
+    model = tiny(appearance=False)
+    assert not any(".qkv." in n for n, _ in model.state_dict().items())
+    plain = _plain_copy(model)
+    x = torch.randn(2, 3, 30, 26)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-5)
+    model.train()(x).square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="appearance"):
+        SwinConfig(appearance=False, pos_embed="abs")
+
+
 def test_none_has_no_position_signal():
     """'none': with one window over the whole map the model cannot tell where a patch is."""
     cfg = dict(img_size=8, patch_size=2, embed_dim=16, depths=(1,), num_heads=(2,), window_size=4)

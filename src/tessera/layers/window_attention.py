@@ -114,6 +114,10 @@ class WindowAttention(nn.Module):
         rel_pos: add the relative position bias B (False: plain QK^T/sqrt(d), the
             notes' "no pos." / "abs. pos." ablations).
         proj_drop: dropout after the output projection.
+        appearance: keep the appearance term QK^T/sqrt(d) (the notes' "app.").
+            False: Softmax(B + mask) V, weights from the relative position bias
+            alone, the notes' "rel. pos. w/o app." ablation; there are then no
+            q, k projections (`v` instead of `qkv`), and `rel_pos` is required.
     """
 
     def __init__(
@@ -124,13 +128,18 @@ class WindowAttention(nn.Module):
         qkv_bias: bool = True,
         rel_pos: bool = True,
         proj_drop: float = 0.0,
+        appearance: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        if not appearance and not rel_pos:
+            raise ValueError("appearance=False (attention from the bias alone) needs rel_pos=True")
         self.num_heads = num_heads
         self.window = to_2tuple(window)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.appearance = appearance
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias) if appearance else None
+        self.v = None if appearance else nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_bias = RelativePositionBias(self.window, num_heads) if rel_pos else None
@@ -202,11 +211,19 @@ class WindowAttention(nn.Module):
         # windows with the same bias fold into the batch axis, windows with their own bias
         # (the shift mask) into the head axis, so the bias broadcasts over the batch; the
         # bias must be 4-D as well for the fused kernel.
-        qkv = self.qkv(x)  # (B, nW, N, 3C)
-        if self.matmul_dtype is not None:
-            qkv = qkv.to(self.matmul_dtype)
-        q, k, v = rearrange(qkv, "B (g nb) N (three h d) -> three (B g) (nb h) N d", nb=nb, three=3, h=self.num_heads)
         bias = None if bias is None else bias.flatten(0, 1)[None]  # (1, nb h, N, N)
-        x = attend(q, k, v, bias, self.fused)  # (B g, nb h, N, d)
+        if self.appearance:
+            qkv = self.qkv(x)  # (B, nW, N, 3C)
+            if self.matmul_dtype is not None:
+                qkv = qkv.to(self.matmul_dtype)
+            pattern = "B (g nb) N (three h d) -> three (B g) (nb h) N d"
+            q, k, v = rearrange(qkv, pattern, nb=nb, three=3, h=self.num_heads)
+            x = attend(q, k, v, bias, self.fused)  # (B g, nb h, N, d)
+        else:  # "rel. pos. w/o app.": Softmax(B + mask) V, the same weights for every image
+            v = self.v(x)
+            if self.matmul_dtype is not None:
+                v = v.to(self.matmul_dtype)
+            v = rearrange(v, "B (g nb) N (h d) -> (B g) (nb h) N d", nb=nb, h=self.num_heads)
+            x = bias.to(v.dtype).softmax(dim=-1) @ v  # (B g, nb h, N, d)
         x = rearrange(x, "(B g) (nb h) N d -> B (g nb) N (h d)", g=nW // nb, h=self.num_heads).to(dtype)
         return self.proj_drop(self.proj(x))

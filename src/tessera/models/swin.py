@@ -69,7 +69,9 @@ class SwinConfig:
     `shift` and `pos_embed` are the ablation switches of the notes' table:
     shift=False uses regular windows (W-MSA) in every block; pos_embed picks
     the relative position bias ("rel", the paper's default), an absolute
-    embedding added to the patch tokens ("abs", ViT's), both, or neither.
+    embedding added to the patch tokens ("abs", ViT's), both, or neither;
+    appearance=False drops the QK^T/sqrt(d) term ("app.") from every attention,
+    leaving Softmax(B + mask) V: the table's "rel. pos. w/o app." row.
     `use_mask_token` adds SimMIM's learned mask token (`forward_tokens(x, mask)`);
     off by default, so that foreign checkpoints load strictly.
     """
@@ -88,6 +90,7 @@ class SwinConfig:
     drop_path_rate: float = 0.1
     shift: bool = True
     pos_embed: PosEmbed = "rel"
+    appearance: bool = True
     use_mask_token: bool = False
 
     def __post_init__(self) -> None:
@@ -118,11 +121,16 @@ class SwinConfig:
         for name in ("drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        for name in ("shift", "qkv_bias", "use_mask_token"):
+        for name in ("shift", "qkv_bias", "appearance", "use_mask_token"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.pos_embed not in ("rel", "none", "abs", "abs+rel"):
             raise ValueError(f"pos_embed must be one of 'rel', 'none', 'abs', 'abs+rel'; got {self.pos_embed!r}")
+        if not self.appearance and self.pos_embed not in ("rel", "abs+rel"):
+            raise ValueError(
+                "appearance=False (attention from the relative position bias alone) needs pos_embed "
+                f"'rel' or 'abs+rel', got {self.pos_embed!r}"
+            )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -188,6 +196,7 @@ class SwinBlock(nn.Module):
         rel_pos: learned relative position bias in the attention.
         drop: dropout after the attention projection and in the MLP.
         drop_path: stochastic-depth probability of both residual branches.
+        appearance: keep the QK^T/sqrt(d) term (False: "rel. pos. w/o app.").
     """
 
     def __init__(
@@ -201,12 +210,13 @@ class SwinBlock(nn.Module):
         rel_pos: bool = True,
         drop: float = 0.0,
         drop_path: float = 0.0,
+        appearance: bool = True,
     ) -> None:
         super().__init__()
         self.window = to_2tuple(window)
         self.shifted = shifted
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = WindowAttention(dim, num_heads, self.window, qkv_bias, rel_pos, proj_drop=drop)
+        self.attn = WindowAttention(dim, num_heads, self.window, qkv_bias, rel_pos, drop, appearance)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
@@ -260,12 +270,15 @@ class SwinStage(nn.Module):
         rel_pos: bool = True,
         drop: float = 0.0,
         drop_path: tuple[float, ...] | list[float] = (),
+        appearance: bool = True,
     ) -> None:
         super().__init__()
         rates = list(drop_path) or [0.0] * depth
         self.patch_merge = PatchMerging(dim // 2) if downsample else nn.Identity()
         self.blocks = nn.ModuleList(
-            SwinBlock(dim, num_heads, window, shift and i % 2 == 1, mlp_ratio, qkv_bias, rel_pos, drop, rates[i])
+            SwinBlock(
+                dim, num_heads, window, shift and i % 2 == 1, mlp_ratio, qkv_bias, rel_pos, drop, rates[i], appearance
+            )
             for i in range(depth)
         )
         self.grad_checkpointing = False
@@ -336,6 +349,7 @@ class SwinTransformer(TesseraModel):
                 rel_pos=c.pos_embed in ("rel", "abs+rel"),
                 drop=c.drop_rate,
                 drop_path=rates[starts[i] : starts[i] + c.depths[i]],
+                appearance=c.appearance,
             )
             for i in range(len(c.depths))
         )
