@@ -124,6 +124,7 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
     @torch.no_grad()
     def codes(self, x: Tensor) -> Tensor:
         """(B, C, H, W) images -> (B, h w) code ids of the frozen tokenizer."""
+        self.first_stage.to(x.device)  # not a submodule, so Lightning does not move it
         return self.first_stage.encode(x).codes.flatten(1)
 
     def _loss(self, batch: tuple[Tensor, ...], generator: torch.Generator | None = None) -> Tensor:
