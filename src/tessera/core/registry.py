@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., nn.Module])
 
 # Packages of `tessera` that are layers of the library rather than model families:
-# they register no names, and `train` / `cli` sit above the families.
-INFRASTRUCTURE = frozenset({"core", "layers", "io", "data", "train", "cli", "eval", "losses"})
+# they register no names, and `train`, `experiments` and `cli` sit above the families.
+INFRASTRUCTURE = frozenset({"core", "layers", "io", "data", "train", "cli", "eval", "losses", "experiments"})
 
 
 class _Entry(typing.NamedTuple):

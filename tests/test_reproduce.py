@@ -1,0 +1,48 @@
+"""`tessera reproduce`: the experiments run end to end in their quick form and write their tables."""
+
+import json
+
+import pytest
+
+from tessera.cli import main
+from tessera.experiments import experiments
+from tessera.experiments.scaling import slope
+
+
+def test_every_issue_experiment_is_registered():
+    assert {"swin-ablation", "scaling", "deit-distillation", "swinv2-transfer"} <= set(experiments())
+
+
+def test_slope_of_a_power_law():
+    xs = [1.0, 2.0, 4.0, 8.0]
+    assert slope(xs, [3 * x**2 for x in xs]) == pytest.approx(2.0)
+    assert slope(xs, [5 * x for x in xs]) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_scaling_quick_writes_table_json_and_plot(tmp_path):
+    assert main(["reproduce", "scaling", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    assert len(result["rows"]) == 6
+    for series in result["series"].values():
+        # MACs of both tiny models grow about linearly with pixels at these sizes (ViT's N^2 term is small)
+        assert 0.8 < series["slope_macs"] < 1.3
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| model | size |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_swinv2_transfer_quick_trains_both_and_evaluates_at_the_larger_window(tmp_path):
+    assert main(["reproduce", "swinv2-transfer", "--quick", "--seeds", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    for label in ("Swin-V1", "Swin-V2"):
+        raw = result["raw"][label]
+        assert 0.0 <= raw["native"][0] <= 1.0 and 0.0 <= raw["moved"][0] <= 1.0
+    assert isinstance(result["claim_holds"], bool)
+
+
+def test_bad_arguments_are_clear_errors(capsys):
+    assert main(["reproduce", "scaling", "--seeds", "0"]) == 2
+    assert "--seeds must be >= 1" in capsys.readouterr().err
+    assert main(["reproduce", "scaling", "--epochs", "2"]) == 2
+    assert "takes no --epochs" in capsys.readouterr().err
