@@ -14,7 +14,8 @@ every patch token, or concatenated to each and projected: MLP(cat(t_i, t_0)),
 Linear 2C -> C + GELU); Concatenate places the patch tokens on their
 (H/P, W/P) grid; Resample_s is a 1x1 conv to D-hat channels then a transposed
 conv (s = 4, 8: up by 4, 2), nothing (s = 16) or a 3x3 stride-2 conv (s = 32):
-reassemble factors (4, 2, 1, 1/2) for P = 16. A 3x3 conv brings each level to
+reassemble factors (4, 2, 1, 1/2) for P = 16 (for other patch sizes the
+factors P / s keep the strides 4, 8, 16, 32). A 3x3 conv brings each level to
 the fusion width; fusion blocks then run from the coarsest level up:
 
     f_4 = Proj(Up2(RCU_2(r_4)))
@@ -53,9 +54,23 @@ from tessera.dense.common import (
 
 Readout = Literal["ignore", "add", "project"]
 
-# Resampling factor of each reassembled level relative to the token grid (P = 16:
-# strides 4, 8, 16, 32). The paper's; fixed, as in the original code and transformers.
-REASSEMBLE_FACTORS = (4, 2, 1, 0.5)
+# Output stride of each reassembled level: the paper's 4, 8, 16, 32, i.e. resampling
+# factors P / s = (4, 2, 1, 1/2) of the token grid for P = 16 (original code, transformers).
+REASSEMBLE_STRIDES = (4, 8, 16, 32)
+
+
+def reassemble_factors(patch_size: int) -> tuple[float, ...]:
+    """Resampling factor P / s of each level; a ValueError unless each is an integer or 1 / integer."""
+    out = []
+    for s in REASSEMBLE_STRIDES:
+        f = patch_size / s
+        if not (f.is_integer() or (1 / f).is_integer()):
+            raise ValueError(
+                f"DPT reassembles at strides {REASSEMBLE_STRIDES}: the patch size {patch_size} must be a "
+                "power of two (16 in the paper, factors 4, 2, 1, 1/2)"
+            )
+        out.append(f)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ class DPTConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "encoder_args", normalize_args(self.encoder_args))
         check_task(self.task, self.num_classes, self.depth_act)
-        n = len(REASSEMBLE_FACTORS)
+        n = len(REASSEMBLE_STRIDES)
         if len(self.layers) != n or len(self.neck_channels) != n:
             raise ValueError(
                 f"DPT reassembles {n} layers: layers and neck_channels need {n} entries each, "
@@ -126,6 +141,7 @@ class Reassemble(nn.Module):
         elif factor == 1:
             self.resample = nn.Identity()
         else:
+            # 3x3 stride-2 conv for 1/2; a smaller factor (patch < 16) strides further
             self.resample = nn.Conv2d(out_chans, out_chans, kernel_size=3, stride=round(1 / factor), padding=1)
 
     def forward(self, fmap: Tensor, prefix: Tensor) -> Tensor:
@@ -247,7 +263,8 @@ class DPT(DenseModel):
             )
         dim = dims.pop()
         self.reassemble = nn.ModuleList(
-            Reassemble(dim, ch, s, c.readout, prefix) for ch, s in zip(c.neck_channels, REASSEMBLE_FACTORS)
+            Reassemble(dim, ch, f, c.readout, prefix)
+            for ch, f in zip(c.neck_channels, reassemble_factors(self.encoder.patch_size))
         )
         # 3x3 conv from each level's D-hat to the fusion width (no bias, as the original).
         self.neck_convs = nn.ModuleList(
