@@ -1,0 +1,92 @@
+"""What the CPU can do, detected once: vector ISA, bf16 arithmetic, AMX, cache sizes.
+
+The inference fast paths choose from this (`tessera.inference.optimize_for_inference`
+with `dtype="auto"`), and benchmarks record it next to every figure, so that
+a number is never read without the machine it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import platform
+from pathlib import Path
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class CPUInfo:
+    """The facts about this CPU that decide a fast path.
+
+    Attributes:
+        model: the model name /proc/cpuinfo gives (e.g. 'AMD EPYC').
+        flags: the ISA flags that matter here, of those the kernel reports.
+        torch_capability: the vector ISA torch's own kernels dispatch to ('AVX512', 'AVX2', ...).
+        bf16_arithmetic: native bf16 dot products (AVX512-BF16 or AMX-BF16), so bf16 GEMMs run
+            at about twice the fp32 rate instead of being emulated ~10x slower.
+        amx: AMX tiles (Intel Sapphire Rapids and later), reached through oneDNN.
+        l2_bytes, l3_bytes: per-core L2 and shared L3 (0 when unknown).
+        threads: torch's intra-op threads.
+    """
+
+    model: str
+    flags: tuple[str, ...]
+    torch_capability: str
+    bf16_arithmetic: bool
+    amx: bool
+    l2_bytes: int
+    l3_bytes: int
+    threads: int
+
+    def as_dict(self) -> dict:
+        """A JSON-ready dict (benchmark records)."""
+        return dataclasses.asdict(self)
+
+
+_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: fall back to what torch knows
+        return platform.processor() or "unknown", set()
+    model, flags = "unknown", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def _cache_bytes(level: int) -> int:
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if int((index / "level").read_text()) == level and (index / "type").read_text().strip() != "Instruction":
+                size = (index / "size").read_text().strip()
+                return int(size.rstrip("KMG")) * {"K": 1024, "M": 1024**2, "G": 1024**3}.get(size[-1], 1)
+        except (OSError, ValueError):
+            continue
+    return 0
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_info() -> CPUInfo:
+    """This machine's CPU facts (cached: the CPU does not change while the process runs)."""
+    model, flags = _cpuinfo()
+    capability = torch.backends.cpu.get_cpu_capability()
+    mkldnn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags) if flags else mkldnn_bf16
+    return CPUInfo(
+        model=model,
+        flags=tuple(f for f in _FLAGS if f in flags),
+        torch_capability=capability,
+        bf16_arithmetic=native_bf16 and mkldnn_bf16,
+        amx="amx_tile" in flags,
+        l2_bytes=_cache_bytes(2),
+        l3_bytes=_cache_bytes(3),
+        threads=torch.get_num_threads(),
+    )

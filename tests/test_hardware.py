@@ -1,0 +1,70 @@
+"""CPU detection and the precision `optimize_for_inference(dtype=...)` chooses from it."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import tessera
+import tessera.inference as inference
+from tessera.hardware import CPUInfo, cpu_info
+from tessera.inference import choose_inference_dtype, optimize_for_inference
+
+
+def fake(**kw) -> CPUInfo:
+    base = CPUInfo("Test CPU", ("avx2",), "AVX2", False, False, 1 << 20, 32 << 20, 2)
+    return dataclasses.replace(base, **kw)
+
+
+def test_cpu_info_describes_this_machine():
+    info = cpu_info()
+    assert info.torch_capability == torch.backends.cpu.get_cpu_capability()
+    assert info.threads == torch.get_num_threads()
+    assert set(info.flags) <= {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile",
+                               "amx_bf16", "amx_int8"}
+    assert info.bf16_arithmetic == (bool({"avx512_bf16", "amx_bf16"} & set(info.flags))
+                                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert info.as_dict()["model"] == info.model
+
+
+@pytest.mark.parametrize(
+    "info,asked,expected",
+    [
+        (fake(), "auto", (torch.float32, None)),
+        (fake(bf16_arithmetic=True, flags=("avx512_bf16",)), "auto", (torch.bfloat16, None)),
+        (fake(bf16_arithmetic=True, amx=True), "auto", (torch.bfloat16, None)),
+        (fake(), "bf16", (torch.bfloat16, torch.float32)),  # emulated bf16: fp32 matmuls
+        (fake(bf16_arithmetic=True), "fp32", (torch.float32, None)),
+    ],
+)
+def test_the_choice_follows_the_cpu(monkeypatch, info, asked, expected):
+    monkeypatch.setattr(inference, "cpu_info", lambda: info)
+    storage, matmul, why = choose_inference_dtype(asked)
+    assert (storage, matmul) == expected
+    assert "Test CPU" in why or asked == "fp32"
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_auto_mode_converts_says_what_it_chose_and_stays_close(monkeypatch, bf16):
+    monkeypatch.setattr(inference, "cpu_info", lambda: fake(bf16_arithmetic=bf16))
+    kw = dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, img_size=32, num_classes=5)
+    torch.manual_seed(0)
+    ref = tessera.create_model("swin_tiny_patch4_window7_224", **kw).eval()
+    model = tessera.create_model("swin_tiny_patch4_window7_224", **kw).eval()
+    model.load_state_dict(ref.state_dict())
+    optimize_for_inference(model, dtype="auto")
+    assert ("bf16" in model.inference_choice) == bf16
+    assert next(model.parameters()).dtype == (torch.bfloat16 if bf16 else torch.float32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        y, y_ref = model(x.to(next(model.parameters()).dtype)).float(), ref(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=5e-2 if bf16 else 1e-5)
+
+
+def test_dtype_and_matmul_dtype_together_is_an_error():
+    model = tessera.create_model("vit_base_patch16_224", embed_dim=16, depth=1, num_heads=2, img_size=32)
+    with pytest.raises(ValueError, match="not both"):
+        optimize_for_inference(model, matmul_dtype=torch.float32, dtype="auto")
+    with pytest.raises(ValueError, match="'auto', 'fp32' or 'bf16'"):
+        optimize_for_inference(model, dtype="fp16")

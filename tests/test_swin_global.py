@@ -1,0 +1,42 @@
+"""The notes' sampled global attention (note 004): sampling rule, the attention, the fusions."""
+
+import math
+
+import pytest
+import torch
+
+from tessera.models.swin_global import SampledGlobalAttention, sample_tokens
+
+
+def test_eval_sampling_is_strided_and_training_sampling_is_a_random_subset():
+    z = torch.arange(16.0).view(1, 16, 1).repeat(2, 1, 3)
+    strided = sample_tokens(z, 4, training=False)
+    assert strided[0, :, 0].tolist() == [0.0, 4.0, 8.0, 12.0] and torch.equal(strided[0], strided[1])
+    torch.manual_seed(0)
+    rand = sample_tokens(z, 5, training=True)
+    for b in range(2):
+        picked = rand[b, :, 0].tolist()
+        assert len(set(picked)) == 5 and set(picked) <= set(range(16))
+    with pytest.raises(ValueError, match="cannot sample 17 global tokens from a stage of 16"):
+        sample_tokens(z, 17, training=False)
+
+
+@pytest.mark.parametrize("fusion", ["add", "max", "concat"])
+def test_attention_to_sampled_tokens_matches_the_formula(fusion):
+    torch.manual_seed(0)
+    module = SampledGlobalAttention(in_dim=4, dim=8, num_tokens=4, fusion=fusion).eval()
+    previous, z = torch.randn(2, 4, 4, 4), torch.randn(2, 2, 2, 8)
+    s = sample_tokens(previous.flatten(1, 2), 4, training=False)  # (B, n, C_i)
+    k, v = module.key(s), module.value(s)
+    q = z.flatten(1, 2)
+    a = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(8), dim=-1) @ v  # Softmax(QK^T / sqrt(2C)) V
+    a = a.view(2, 2, 2, 8)
+    expected = {"add": z + a, "max": torch.maximum(z, a)}.get(fusion)
+    if expected is None:
+        expected = module.fuse(torch.cat([z, a], dim=-1))
+    torch.testing.assert_close(module(previous, z), expected)
+
+
+def test_unknown_fusion_is_a_clear_error():
+    with pytest.raises(ValueError, match="global_fusion"):
+        SampledGlobalAttention(4, 8, 4, fusion="mean")
