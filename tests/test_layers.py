@@ -127,3 +127,17 @@ def test_relative_position_bias_shape_and_resize():
     bigger = resize_rel_pos_table(rpb.table.detach(), (6, 6), (4, 4))
     assert bigger.shape == (11 * 11, 3)
     torch.testing.assert_close(resize_rel_pos_table(rpb.table, (4, 4)), rpb.table)
+
+
+def test_window_steps_cyclic_shift_pad_partition_are_inverse_or_zero():
+    from tessera.layers.window_attention import cyclic_shift, pad_to_windows, reverse_cyclic_shift
+
+    x = torch.randn(2, 7, 9, 3)
+    rolled = cyclic_shift(x, (2, 3))
+    assert torch.equal(rolled[:, 0, 0], x[:, 2, 3])  # the first rows / columns wrap to the end
+    assert torch.equal(reverse_cyclic_shift(rolled, (2, 3)), x)
+    assert cyclic_shift(x, (0, 0)) is x
+    padded = pad_to_windows(x, (4, 4))
+    assert padded.shape == (2, 8, 12, 3) and torch.equal(padded[:, :7, :9], x)
+    assert padded[:, 7:].abs().sum() == 0 and padded[:, :, 9:].abs().sum() == 0
+    assert pad_to_windows(padded, (4, 4)) is padded

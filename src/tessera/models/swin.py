@@ -23,6 +23,12 @@ is not larger than the window (min(H, W) <= M), the window shrinks to
 min(H, W) and the shift is dropped, decided per forward from the actual
 resolution, as in transformers (the official classifier does it at build
 time for its fixed input; at 224 this is why Swin-T's last stage has no shift).
+
+This file is the plain path: each block and its (S)W-MSA sub-layer are the
+notes' steps (pad, cyclic shift, partition, attention, merge, reverse shift).
+The speed machinery (cached gathers and biases, chunking at CPU inference)
+lives in `tessera.models.swin_fast`; models run it by default and
+`set_fast_path(False)` selects the modules here. Both give the same outputs.
 """
 
 from __future__ import annotations
