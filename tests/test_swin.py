@@ -656,7 +656,7 @@ def test_forward_intermediates_indices_norm_and_prefix_tokens():
         maps, prefix = model.forward_intermediates(x, return_prefix_tokens=True)
     assert [p.shape for p in prefix] == [(2, 0, 32), (2, 0, 64)]
     assert [f["num_chs"] for f in model.feature_info] == [m.shape[1] for m in maps]
-    for bad in ([2], [-3], 0, 3):
+    for bad in ([2], [-3], [], 0, 3):
         with pytest.raises(ValueError, match="stage"):
             model.forward_intermediates(x, indices=bad)
     assert [m.shape for m in model.features(x)] == [m.shape for m in every]

@@ -446,7 +446,7 @@ class SwinTransformer(TesseraModel):
         last = len(self.stages) - 1
         z = self.embed(x)
         outputs: dict[int, Tensor] = {}
-        for i, stage in enumerate(self.stages[: max(take, default=-1) + 1]):
+        for i, stage in enumerate(self.stages[: max(take) + 1]):
             z = self.run_stage(stage, z)  # (B, H_i, W_i, C_i)
             if i in take:
                 out = self.norm(z) if norm and i == last else z
@@ -465,8 +465,7 @@ class SwinTransformer(TesseraModel):
             if not 0 < indices <= n:
                 raise ValueError(f"indices as an int is a count of last stages in [1, {n}], got {indices}")
             return list(range(n - indices, n))
-        bad = [i for i in indices if not -n <= i < n]
-        if bad:
+        if not indices or any(not -n <= i < n for i in indices):
             raise ValueError(f"stage indices must be in [-{n}, {n - 1}] for {n} stages, got {list(indices)}")
         return [i % n for i in indices]
 
