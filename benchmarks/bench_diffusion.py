@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record  # noqa: E402
 
 
 def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -120,6 +125,12 @@ def main() -> None:
           f"-> speed-up {ddpm_full / t_ours:.1f}x")
     print(f"max |tessera - diffusers|: DDIM samples {diff:.2e}, DDPM after {k} steps {ddpm_diff:.2e} "
           f"({'OK' if max(diff, ddpm_diff) <= 1e-4 else 'MISMATCH'} at 1e-4)")
+    record([{"run": "DDIM", "steps": args.steps, "tessera s": round(t_ours, 3), "diffusers s": round(t_ref, 3),
+             "ratio": round(t_ref / t_ours, 3), "max|diff|": f"{diff:.2e}"},
+            {"run": "DDPM (timed steps)", "steps": k, "tessera s": round(d_ours, 3), "diffusers s": round(d_ref, 3),
+             "ratio": round(d_ref / d_ours, 3), "max|diff|": f"{ddpm_diff:.2e}"}],
+           ["run", "steps", "tessera s", "diffusers s", "ratio", "max|diff|"],
+           f"{args.preset}{' (quick)' if args.quick else ''}, batch {args.batch}, {h}x{w}")
 
 
 if __name__ == "__main__":

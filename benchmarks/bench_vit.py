@@ -29,7 +29,10 @@ from typing import Callable
 
 import torch
 
-import tessera
+sys.path.insert(0, str(Path(__file__).parent))
+from common import record  # noqa: E402
+
+import tessera  # noqa: E402
 
 # name -> (tessera model, transformers classes or None, transformers config fields)
 PAIRS: dict[str, tuple[str, tuple[str, str] | None, dict]] = {
@@ -113,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rounds} rounds x {args.iters} batches")
     print(f"{'model':10s} {'dtype':5s} {'tessera img/s':>14s} {'peer img/s':>11s} {'ratio':>6s} {'max|diff|':>10s}")
     ok = True
+    rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             ours, peer = build_pair(key, Path(tmp), device)
@@ -141,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                 peer_txt = f"{peer_ips:11.1f}" if peer_ips else f"{'-':>11s}"
                 diff_txt = f"{diff:10.2e}" if peer is not None else f"{'-':>10s}"
                 print(f"{key:10s} {dtype:5s} {ips['tessera']:14.1f} {peer_txt} {ratio} {diff_txt}", flush=True)
+                rows.append({"model": key, "dtype": dtype, "tessera img/s": round(ips["tessera"], 2),
+                             "peer img/s": round(peer_ips, 2) if peer_ips else "", "ratio": ratio.strip(),
+                             "max|diff|": diff_txt.strip()})
             del ours, peer
+    record(rows, ["model", "dtype", "tessera img/s", "peer img/s", "ratio", "max|diff|"],
+           f"batch {args.batch}, {args.rounds} rounds x {args.iters} batches, device {device}")
     return 0 if ok else 1
 
 

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import math
+import os
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
+
+# Every table a benchmark prints is also appended here as one JSON line, with the machine it
+# ran on, so that figures from different CPUs accumulate in the repository (README: Benchmarks).
+RESULTS = Path(__file__).with_name("results.jsonl")
 
 
 def best_time(fn: Callable[[], object], warmup: int = 2, iters: int = 5) -> float:
@@ -59,9 +68,37 @@ def autocast_if(enabled: bool) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
-def print_table(rows: list[dict], columns: list[str]) -> None:
-    """Print dict rows as an aligned text table."""
+def print_table(rows: list[dict], columns: list[str], note: str = "") -> None:
+    """Print dict rows as an aligned text table and append it to results.jsonl (`record`)."""
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for r in rows:
         print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+    record(rows, columns, note)
+
+
+def machine() -> dict:
+    """The CPU (model, ISA flags, bf16 arithmetic, caches), torch version and threads of this run."""
+    from tessera.hardware import cpu_info
+
+    return {**cpu_info().as_dict(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def record(rows: list[dict], columns: list[str], note: str = "") -> None:
+    """Append one JSON line {benchmark, argv, date, machine, columns, rows, note} to results.jsonl.
+
+    Set TESSERA_BENCH_RECORD=0 to skip (e.g. exploratory runs under load).
+    """
+    if os.environ.get("TESSERA_BENCH_RECORD", "1") == "0":
+        return
+    entry = {
+        "benchmark": Path(sys.argv[0]).stem,
+        "argv": sys.argv[1:],
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "columns": columns,
+        "rows": [{c: r.get(c, "") for c in columns} for r in rows],
+        "note": note,
+    }
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(entry, default=str) + "\n")
