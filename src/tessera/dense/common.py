@@ -125,7 +125,7 @@ def resize_to(x: Tensor, size: tuple[int, int], align_corners: bool = False) -> 
 class DenseModel(TesseraModel):
     """Base of the dense heads: input checks, grad checkpointing, weight decay of the encoder.
 
-    Subclasses set `self.encoder` and implement `forward_with_aux(x) -> (out, aux)`:
+    Subclasses set `self.encoder` and implement `predict(x, with_aux) -> (out, aux)`:
     `out` is (B, K, H, W) logits or (B, 1, H, W) depth at the input resolution,
     `aux` the auxiliary head's logits at the same resolution (None without one).
     """
@@ -140,12 +140,17 @@ class DenseModel(TesseraModel):
         """ValueError naming what was expected unless `x` is a (B, in_chans, H, W) float batch."""
         check_image_batch(x, self.config.in_chans)
 
-    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def predict(self, x: Tensor, with_aux: bool) -> tuple[Tensor, Tensor | None]:
+        """(main output, auxiliary logits if `with_aux` and the model has an auxiliary head, else None)."""
         raise NotImplementedError
+
+    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(main output, auxiliary logits or None), both at the input resolution (training)."""
+        return self.predict(x, with_aux=True)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, K, H, W) class logits or (B, 1, H, W) non-negative depth."""
-        return self.forward_with_aux(x)[0]
+        return self.predict(x, with_aux=False)[0]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute encoder blocks and decoder stages in backward instead of storing them."""

@@ -294,7 +294,7 @@ class DPT(DenseModel):
             f = maybe_checkpoint(gc, block, f, level)
         return f
 
-    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def predict(self, x: Tensor, with_aux: bool = False) -> tuple[Tensor, Tensor | None]:
         """Images (B, C, H, W) -> (depth (B, 1, H, W) or logits (B, K, H, W), aux logits or None).
 
         Sizes that are not patch multiples are zero-padded at the bottom/right
@@ -313,7 +313,7 @@ class DPT(DenseModel):
         padded = (H + pad_h, W + pad_w)
         out = resize_to(self.head(f), padded)[..., :H, :W]
         aux = None
-        if self.aux_head is not None:
+        if with_aux and self.aux_head is not None:
             aux = resize_to(self.aux_head(f), padded)[..., :H, :W]
         return out, aux
 

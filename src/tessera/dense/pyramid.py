@@ -220,14 +220,16 @@ class PyramidSegmenter(DenseModel):
         if isinstance(self.decoder, PyramidDecoder):
             self.decoder.grad_checkpointing = enable
 
-    def forward_with_aux(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+    def predict(self, x: Tensor, with_aux: bool = False) -> tuple[Tensor, Tensor | None]:
         """Images (B, C, H, W) -> (logits (B, K, H, W) or depth (B, 1, H, W), aux logits or None)."""
         self.check_input(x)
         size = tuple(x.shape[-2:])
         maps = self.encoder.forward_intermediates(x, indices=self.layers, norm=self.config.intermediate_norm)
         maps = [norm(m) for norm, m in zip(self.level_norms, maps)]
         out = self.head(self.decoder(maps) if len(maps) > 1 else maps[0], size)
-        aux = resize_to(self.aux_head(maps[self.config.aux_index]), size) if self.aux_head is not None else None
+        aux = None
+        if with_aux and self.aux_head is not None:
+            aux = resize_to(self.aux_head(maps[self.config.aux_index]), size)
         return out, aux
 
 
