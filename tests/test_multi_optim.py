@@ -182,3 +182,50 @@ def test_tokenizer_task_resumes_exactly_after_sigkill(tmp_path):
     assert [s["last_epoch"] for s in a["lr_schedulers"]] == [s["last_epoch"] for s in b["lr_schedulers"]] == [18, 15]
     assert (tmp_path / "ref" / "reconstructions.png").is_file()
     assert (tmp_path / "ref" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ tokenizer task parts (no trainer)
+
+
+def _task(**kw):
+    from tessera.core import tiny_overrides
+    from tessera.train.tokenizer import TokenizerTask
+
+    name = kw.pop("model_name", "vqvae_f4")
+    task = TokenizerTask(model_name=name, model_args=tiny_overrides(name), **kw)
+    task.configure_model()
+    return task
+
+
+def test_collapsed_codebook_is_a_warning_with_the_figures(caplog):
+    task = _task(collapse_usage=0.1, collapse_steps=3)
+    with caplog.at_level("WARNING", logger="tessera.train.tokenizer"):
+        for step in range(2):
+            task._check_collapse(step, 0.0625, 1.3)
+        assert not caplog.records
+        task._check_collapse(2, 0.0625, 1.3)
+    text = caplog.records[0].getMessage()
+    assert "collapse at step 2" in text and "(1 of 16 codes)" in text and "perplexity 1.3" in text
+
+
+def test_dvae_temperature_anneals_exponentially():
+    task = _task(model_name="dvae_f4", tau_start=1.0, tau_end=1 / 16, tau_steps=100)
+    assert task.temperature(0) == 1.0
+    assert task.temperature(50) == pytest.approx(0.25)
+    assert task.temperature(100) == task.temperature(500) == pytest.approx(1 / 16)
+
+
+def test_generator_and_discriminator_parameters_are_split():
+    task = _task(model_name="vqgan_f4")
+    gen = {id(p) for g in task.optimizer_params("generator") for p in g["params"]}
+    disc = {id(p) for g in task.optimizer_params("discriminator") for p in g["params"]}
+    assert gen and disc and not gen & disc
+    assert gen | disc == {id(p) for p in task.model.parameters()}
+    assert [s.name for s in task.optimizer_specs()] == ["generator", "discriminator"]
+
+
+def test_psnr():
+    from tessera.train.tokenizer import psnr
+
+    x = torch.zeros(2, 1, 4, 4)
+    assert psnr(x, x + 0.2).item() == pytest.approx(10 * torch.log10(torch.tensor(1 / 0.01)).item(), rel=1e-5)
