@@ -119,7 +119,7 @@ class SwinFastPath:
         if chunk_tokens is not None and chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be a positive token count or None, got {chunk_tokens}")
         self.chunk_tokens = chunk_tokens
-        # attention layer -> (key, B + mask); weak, so a replaced layer takes its entry with it
+        # attention layer -> (key, shift mask, B + mask); weak: a replaced layer takes its entry along
         self._bias: weakref.WeakKeyDictionary[WindowAttention, tuple[tuple, Tensor | None, Tensor | None]] = (
             weakref.WeakKeyDictionary()
         )
