@@ -231,3 +231,46 @@ def test_parity_with_vector_quantize_pytorch():
     torch.testing.assert_close(out.z_q, q_p)
     torch.testing.assert_close(out.loss, loss_p.reshape(()))
     torch.testing.assert_close(ours.codebook, peer._codebook.embed[0], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ DDP synchronisation
+
+
+def _ddp_worker(rank: int, world: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 2, ema=True, kmeans_init=True, decay=0.9).train()
+    z = torch.randn(2 * world, 2, 3, 3)
+    vq(z[2 * rank : 2 * rank + 2])  # each rank sees its own half of the batch
+    torch.save({"codebook": vq.codebook, "size": vq.cluster_size}, f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ema_and_kmeans_are_synchronised_across_ranks(tmp_path):
+    import os
+
+    import torch.multiprocessing as mp
+
+    port = 29600 + os.getpid() % 1000
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    torch.testing.assert_close(r0["codebook"], r1["codebook"])
+    # the counts are the whole (two-rank) batch's: 2 ranks x 2 images x 9 positions, after one EMA step
+    n_kmeans = 36.0
+    assert r0["size"].sum().item() == pytest.approx(0.9 * n_kmeans + 0.1 * 36.0)
+
+
+def test_single_process_never_calls_a_collective(monkeypatch):
+    import torch.distributed as dist
+
+    def boom(*a, **k):
+        raise AssertionError("collective called in a single process")
+
+    monkeypatch.setattr(dist, "all_reduce", boom)
+    monkeypatch.setattr(dist, "broadcast", boom)
+    vq = VectorQuantizer(8, 2, ema=True, kmeans_init=True, restart_after=1).train()
+    for _ in range(3):
+        vq(torch.randn(2, 2, 3, 3))
