@@ -317,6 +317,11 @@ class DINO(TesseraModel):
         return self.teacher.module.encoder
 
     @property
+    def features_encoder(self) -> nn.Module:
+        """The encoder downstream evaluation reads: the teacher's (DINO evaluates the teacher)."""
+        return self.teacher_encoder
+
+    @property
     def input_size(self) -> tuple[int, int, int]:
         """(C, H, W) of a global crop."""
         return tuple(self.encoder.input_size)

@@ -127,6 +127,11 @@ class SimMIM(TesseraModel):
         )
 
     @property
+    def features_encoder(self) -> nn.Module:
+        """The encoder whose features downstream evaluation reads (k-NN, probe, fine-tuning)."""
+        return self.encoder
+
+    @property
     def input_size(self) -> tuple[int, int, int]:
         """(C, H, W) of the encoder."""
         return tuple(self.encoder.input_size)
