@@ -264,27 +264,28 @@ class DenseFolder(Dataset):
         self.ignore_index, self.reduce_labels = ignore_index, reduce_labels
         self.depth_scale, self.transform = depth_scale, transform
         self.has_mask, self.has_depth = mask_dir.is_dir(), depth_dir.is_dir()
-        if self.has_mask and (num_classes is None or verify == "full"):
-            largest = max(int(self._labels(e["mask"], check=False).max(initial=-1)) for e in self.samples)
-            num_classes = num_classes if num_classes is not None else largest + 1
-            for e in self.samples:
-                self._labels(e["mask"], num_classes=num_classes)
         self.num_classes = num_classes or 0
+        if self.has_mask and (num_classes is None or verify == "full"):
+            masks = [self._labels(e["mask"], check=False) for e in self.samples]
+            if num_classes is None:
+                self.num_classes = 1 + max(int(m[m != ignore_index].max(initial=-1)) for m in masks)
+            for e in self.samples:
+                self._labels(e["mask"])
 
-    def _labels(self, path: Path, check: bool = True, num_classes: int | None = None) -> np.ndarray:
-        """The mask's class indices after `reduce_labels`, ignored pixels excluded from the check."""
+    def _labels(self, path: Path, check: bool = True) -> np.ndarray:
+        """The mask's class indices (after `reduce_labels`); a ValueError naming the file when out of range."""
         m = _read_mask(path)
         if self.reduce_labels:
             m = np.where(m == 0, self.ignore_index, m - 1)
+        k = self.num_classes
         valid = m[m != self.ignore_index]
-        k = num_classes if num_classes is not None else getattr(self, "num_classes", 0)
         if check and k and valid.size and (valid.max() >= k or valid.min() < 0):
-            bad = sorted(set(np.unique(valid[(valid >= k) | (valid < 0)]).tolist()))[:8]
+            bad = np.unique(valid[(valid >= k) | (valid < 0)]).tolist()[:8]
             raise ValueError(
                 f"mask {str(path)!r} has class values {bad} outside 0..{k - 1} "
                 f"(ignore_index={self.ignore_index}); set num_classes, ignore_index or reduce_labels"
             )
-        return valid if not check else m
+        return m
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -527,6 +528,7 @@ class SceneDataModule(_DenseDataModule):
         n_train, n_val, n_test: scenes per split (each split pastes its own digit scans).
         digits: digit classes used (class 1 + position; background 0).
         objects: (min, max) digits per scene.
+        depth: (near, far) depth range of the digits (size ~ 1 / depth; the ground recedes from far to 10).
         textures: 'auto' (scikit-image's photographs when installed) or 'procedural'.
         scene_seed: seed of the scenes themselves (keep fixed across runs).
         batch_size, num_workers, seed: as every tessera DataModule.
@@ -543,6 +545,7 @@ class SceneDataModule(_DenseDataModule):
         n_test: int = 400,
         digits: tuple[int, ...] = tuple(range(10)),
         objects: tuple[int, int] = (2, 4),
+        depth: tuple[float, float] = (2.0, 6.0),
         textures: Literal["auto", "procedural"] = "auto",
         scene_seed: int = 0,
         batch_size: int = 32,
@@ -553,7 +556,9 @@ class SceneDataModule(_DenseDataModule):
         normalize: Normalization = "standard",
     ) -> None:
         super().__init__(img_size, batch_size, num_workers, seed, scale, hflip, normalize, IGNORE_INDEX)
-        self.spec = SceneSpec(size=img_size, digits=tuple(digits), objects=tuple(objects), textures=textures)
+        self.spec = SceneSpec(
+            size=img_size, digits=tuple(digits), objects=tuple(objects), depth=tuple(depth), textures=textures
+        )
         self.n = {"train": n_train, "val": n_val, "test": n_test}
         self.scene_seed = scene_seed
         self.class_names = self.spec.class_names
