@@ -61,12 +61,14 @@ def bench_pixel_vs_latent(batch: int) -> None:
     torch.manual_seed(0)
     pixel = tessera.create_model("unet_digits")
     latent = tessera.create_model("ldm_unet_digits")
+    # the measurement runs' first stage: channels (32, 64), f = 2, 16x16x1 -> 8x8x4
     first = tessera.create_model(
-        "autoencoder_kl_f4", img_size=32, in_chans=1, channels=(32, 64, 64), layers_per_block=1, norm_groups=8,
+        "autoencoder_kl_f4", img_size=16, in_chans=1, channels=(32, 64), layers_per_block=1, norm_groups=8,
         mid_attention=False, latent_channels=4, perceptual_weight=0.0,
     ).eval()
     t = torch.randint(0, 1000, (batch,))
-    xp = torch.randn(batch, 1, 32, 32)
+    xp = torch.randn(batch, 1, 32, 32)  # the pixel DDPM of configs/ddpm_digits.yaml
+    x16 = torch.randn(batch, 1, 16, 16)
     zl = torch.randn(batch, 4, 8, 8)
     ctx = torch.randn(batch, 1, latent.config.context_dim)
     opt_p = torch.optim.AdamW(pixel.parameters(), 1e-4)
@@ -80,7 +82,7 @@ def bench_pixel_vs_latent(batch: int) -> None:
 
     def step_latent():
         with torch.no_grad():
-            first.encode(xp)  # encoding on the fly costs this much per step (a cached latent file: nothing)
+            first.encode(x16)  # encoding on the fly costs this much per step (a cached latent file: nothing)
         loss = (latent(zl, t, ctx) - zl).square().mean()
         opt_l.zero_grad()
         loss.backward()
@@ -107,8 +109,8 @@ def bench_kv_cache() -> None:
     from tessera.generative import generate, maskgit_sample
 
     torch.manual_seed(0)
-    gpt = tessera.create_model("tokengpt_digits", vocab_size=128, dim=128, depth=4, heads=4).eval()
-    mg = tessera.create_model("maskgit_digits", vocab_size=128, dim=128, depth=4, heads=4).eval()
+    gpt = tessera.create_model("tokengpt_digits", vocab_size=128, dim=96, depth=3, heads=3).eval()
+    mg = tessera.create_model("maskgit_digits", vocab_size=128, dim=96, depth=3, heads=3).eval()
     y = torch.arange(10).repeat_interleave(5)
     same = torch.equal(
         generate(gpt, 64, y=y, generator=torch.Generator().manual_seed(0), use_cache=True),
@@ -123,7 +125,7 @@ def bench_kv_cache() -> None:
         },
         rounds=3,
     )
-    print(f"[kv-cache] 50 code grids of N = 64 (dim 128, depth 4), same tokens with and without cache: {same}")
+    print(f"[kv-cache] 50 code grids of N = 64 (dim 96, depth 3), same tokens with and without cache: {same}")
     for k, v in best.items():
         print(f"  {k:10s} {v:7.3f} s  ({v / 50 * 1e3:6.1f} ms/image)")
     print(f"  KV-cache speed-up: {best['no cache'] / best['cache']:.2f}x")

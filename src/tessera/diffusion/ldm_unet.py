@@ -361,10 +361,14 @@ _TINY = dict(
 
 @register_model("ldm_unet_digits", kind="denoiser", tiny=_TINY)
 def ldm_unet_digits(**overrides) -> LDMUNet:
-    """A small conditional UNet for 8x8 latents of 32x32 digits (f = 4): widths (64, 128), transformers at both levels."""
+    """A small conditional UNet for 8x8x4 latents of the digits, sized for a 2-core CPU.
+
+    Widths (32, 64), one residual block per level, a spatial transformer after each of them
+    and in the middle, a 32-wide context.
+    """
     base = LDMUNetConfig(
-        img_size=8, in_chans=4, widths=(64, 128), depth=1, transformer_levels=(0, 1), heads=(2, 4),
-        context_dim=64, norm_groups=16,
+        img_size=8, in_chans=4, widths=(32, 64), depth=1, transformer_levels=(0, 1), heads=(1, 2),
+        context_dim=32, norm_groups=8,
     )
     return LDMUNet(replace_config(base, **overrides))
 
