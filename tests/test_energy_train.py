@@ -97,6 +97,13 @@ def test_tiny_fit_writes_metrics_density_and_exported_energy(tmp_path, one_threa
     assert "val/loglik" in text and "val/mmd" in text and "train/e_neg" in text
     model = tessera.create_model("ebm_mlp_2d", checkpoint=run)
     assert model.energy(torch.zeros(3, 2)).shape == (3,)
+    # the measurement commands run on the run folder
+    from tessera.cli import main
+
+    assert main(["ebm-eval", "samplers", "--run", str(run), "--steps", "20"]) == 0
+    report = json.loads((run / "ebm_eval_samplers.json").read_text())
+    assert set(report["samplers"]) >= {"metropolis_s0.5", "langevin_eps0.01", "mala_eps0.05"}
+
 
 
 @pytest.mark.slow
