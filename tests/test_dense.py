@@ -232,3 +232,28 @@ def test_transformers_configs_that_do_not_fit_are_refused():
         transformers_overrides({"model_type": "vit"})
     name, ov = transformers_overrides(_dpt_config().to_dict())
     assert name == "dpt_vit_base_patch16_384_depth" and ov["layers"] == (0, 1, 2, 3)
+
+
+def _one_encoder_per_class() -> list[str]:
+    from tessera.core.registry import builder_class
+
+    seen, names = set(), []
+    for name in tessera.list_models(kind="encoder"):
+        cls = builder_class(name)
+        if cls not in seen:
+            seen.add(cls)
+            names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("encoder", _one_encoder_per_class())
+def test_upernet_runs_on_every_kind_of_registered_encoder(encoder):
+    args = {k: v for k, v in tiny_overrides(encoder).items() if k != "img_size"}
+    size = (40, 36)
+    if "dynamic_img_size" in tessera.create_model(encoder, **tiny_overrides(encoder)).config.__dataclass_fields__:
+        args["dynamic_img_size"] = True  # plain ViTs: any patch multiple (inputs are padded to one)
+    elif "mixer" in encoder:
+        size = (32, 32)  # token-mixing MLPs are built for one token count
+    model = tiny("upernet_swin_tiny", encoder=encoder, encoder_args=args, aux_head=False)
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 5, *size)

@@ -224,6 +224,11 @@ class PyramidSegmenter(DenseModel):
         """Images (B, C, H, W) -> (logits (B, K, H, W) or depth (B, 1, H, W), aux logits or None)."""
         self.check_input(x)
         size = tuple(x.shape[-2:])
+        # Plain encoders take patch multiples: zero-pad at the bottom/right (what Swin does inside);
+        # the prediction is resized to the input, as transformers' UperNet does.
+        P = self.encoder.patch_size
+        if size[0] % P or size[1] % P:
+            x = F.pad(x, (0, -size[1] % P, 0, -size[0] % P))
         maps = self.encoder.forward_intermediates(x, indices=self.layers, norm=self.config.intermediate_norm)
         maps = [norm(m) for norm, m in zip(self.level_norms, maps)]
         out = self.head(self.decoder(maps) if len(maps) > 1 else maps[0], size)
