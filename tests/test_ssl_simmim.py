@@ -123,3 +123,39 @@ def test_parity_with_transformers_vit_masked_image_modeling(tmp_path):
         out = ours(x, mask)
     torch.testing.assert_close(out.reconstruction, ref.reconstruction, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out.loss, ref.loss, rtol=1e-4, atol=1e-4)
+
+
+def test_parity_with_transformers_swin_masked_image_modeling(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.SwinConfig(
+        image_size=32, patch_size=4, num_channels=3, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+        window_size=4, encoder_stride=8, hidden_act="gelu", drop_path_rate=0.0, layer_norm_eps=1e-5,
+    )
+    torch.manual_seed(0)
+    hf = transformers.SwinForMaskedImageModeling(cfg).eval()
+    with torch.no_grad():
+        hf.swin.embeddings.mask_token.normal_()
+    hf.save_pretrained(tmp_path)
+    enc = dict(img_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4,
+               drop_path_rate=0.0)
+    ours = tessera.create_model(
+        "simmim_swin_tiny_patch4_window7_224", checkpoint=tmp_path, encoder_args=enc, mask_patch_size=8
+    ).eval()
+    assert ours.stride == 8
+    x, mask = ours.example_inputs(2)
+    assert mask.shape == (2, 64)
+    with torch.no_grad():
+        ref = hf(pixel_values=x, bool_masked_pos=mask)
+        out = ours(x, mask)
+    torch.testing.assert_close(out.reconstruction, ref.reconstruction, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.loss, ref.loss, rtol=1e-4, atol=1e-4)
+
+
+def test_paper_swin_setting_masks_22_of_36_blocks():
+    model = tessera.create_model(
+        "simmim_swin_base_patch4_window6_192",
+        encoder_args=dict(img_size=192, window_size=6, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),
+    )
+    mask = model.random_mask(2, (192, 192), generator=torch.Generator().manual_seed(0))
+    assert mask.shape == (2, 48 * 48) and model.num_masked_blocks((192, 192)) == 22
+    assert mask.sum(1).tolist() == [22 * 64, 22 * 64]  # each block is 8 x 8 model patches

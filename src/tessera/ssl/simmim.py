@@ -253,3 +253,15 @@ _register(
     "SimMIM on ViT-B/16 at the paper's 192 px pre-training size (22 of 36 blocks masked).",
     encoder_args={"img_size": 192},
 )
+
+# Swin: the prediction head reads the last stage (stride 32), 4-px model patches under 32-px mask blocks.
+_TINY_SWIN = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4)
+_register(
+    "simmim_swin_tiny_patch4_window7_224", "swin_tiny_patch4_window7_224", _TINY_SWIN,
+    "SimMIM on Swin-T at 224 px (mask patch 32 = 8 x 8 model patches, 30 of 49 blocks masked).",
+)
+_register(
+    "simmim_swin_base_patch4_window6_192", "swin_base_patch4_window7_224", _TINY_SWIN,
+    "SimMIM on Swin-B at the paper's 192 px with window 6 (22 of 36 blocks masked).",
+    encoder_args={"img_size": 192, "window_size": 6},
+)
