@@ -231,7 +231,8 @@ class PyramidSegmenter(DenseModel):
             x = F.pad(x, (0, -size[1] % P, 0, -size[0] % P))
         maps = self.encoder.forward_intermediates(x, indices=self.layers, norm=self.config.intermediate_norm)
         maps = [norm(m) for norm, m in zip(self.level_norms, maps)]
-        out = self.head(self.decoder(maps) if len(maps) > 1 else maps[0], size)
+        f = maps[-1] if self.config.decoder == "linear" else self.decoder(maps)  # (B, D, h_0, w_0)
+        out = self.head(f, size)
         aux = None
         if with_aux and self.aux_head is not None:
             aux = resize_to(self.aux_head(maps[self.config.aux_index]), size)
