@@ -30,8 +30,8 @@ from tessera.diffusion.conditioning import ClassEmbedder, ConditionEncoder, Text
 from tessera.diffusion.images import save_grid
 from tessera.diffusion.latent import LatentDiffusion, first_stage_latents
 from tessera.diffusion.objectives import Prediction
+from tessera.diffusion.schedule import NoiseSchedule
 from tessera.train.callbacks import EMAHost
-from tessera.train.diffusion import build_schedule
 from tessera.train.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class LatentDiffusionTask(EMAHost, L.LightningModule):
         if conditioning not in ("class", "text") or inputs not in ("images", "latents"):
             raise ValueError(f"conditioning must be 'class' or 'text' and inputs 'images' or 'latents', got {conditioning!r}, {inputs!r}")
         self.save_hyperparameters()
-        self.schedule = build_schedule(schedule, T, beta_start, beta_end)
+        self.schedule = NoiseSchedule.from_name(schedule, T, beta_start, beta_end)
         self.model: LatentDiffusion | None = None
         self.prompts: list[str] = []
 
