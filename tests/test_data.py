@@ -226,7 +226,7 @@ def test_resumable_loader_continues_the_epoch():
     it = iter(a)
     seen = [next(it)[0].flatten().tolist() for _ in range(2)]
     state = a.state_dict()
-    assert state == {"epoch": 2, "batches": 2}
+    assert state == {"epoch": 2, "batches": 2, "batch_size": 4}
     b = loader()
     b.load_state_dict(state)
     assert len(b) == len(ref) - 2

@@ -10,10 +10,13 @@ interrupted epoch at the next unseen batch instead of restarting it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+log = logging.getLogger(__name__)
 
 _MIX = 0x9E3779B97F4A7C15  # golden-ratio constant (splitmix64) to decorrelate the seeds
 
@@ -84,21 +87,32 @@ class ResumableDataLoader(DataLoader):
         return self._iterate()
 
     def _iterate(self) -> Iterator[Any]:
-        self._yielded = self.sampler.start // self.batch_size
+        self._yielded = -(-self.sampler.start // self.batch_size)
         for batch in super().__iter__():
             self._yielded += 1
             yield batch
 
     def state_dict(self) -> dict[str, int]:
-        """Epoch and number of batches handed out in it."""
-        return {"epoch": int(self.sampler.epoch), "batches": int(self._yielded)}
+        """Epoch, number of batches handed out in it, and the batch size they had."""
+        return {"epoch": int(self.sampler.epoch), "batches": int(self._yielded), "batch_size": int(self.batch_size)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue the saved epoch after its last handed-out batch."""
+        """Continue the saved epoch after the samples it already handed out.
+
+        Resuming with another batch size is applied, with a warning: the
+        interrupted epoch continues after the samples already seen (counted
+        with the saved batch size), so none is skipped or repeated.
+        """
         self.sampler.set_epoch(state["epoch"])
-        full = -(-self.sampler.num_samples // self.batch_size)
-        if self.drop_last:
-            full = self.sampler.num_samples // self.batch_size
-        batches = state["batches"] if state["batches"] < full else 0
-        self.sampler.start = batches * self.batch_size
-        self._yielded = batches
+        saved_bs = int(state.get("batch_size", self.batch_size))
+        seen = int(state["batches"]) * saved_bs  # samples of this rank already trained on
+        if saved_bs != self.batch_size:
+            log.warning(
+                "resuming with batch size %d instead of the checkpoint's %d: applied; epoch %d continues "
+                "after the %d samples already seen", self.batch_size, saved_bs, state["epoch"], seen,
+            )
+        left = self.sampler.num_samples - seen
+        if left <= 0 or (self.drop_last and left < self.batch_size):
+            seen = 0  # the epoch was complete: the next one starts from its first sample
+        self.sampler.start = seen
+        self._yielded = -(-seen // self.batch_size)

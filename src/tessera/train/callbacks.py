@@ -68,12 +68,19 @@ class EMAHost:
         return [self._ema]
 
 
+def warmup_decay(decay: float, n: int) -> float:
+    """The decay of update n (0-based): 0 first, then min(decay, (1 + n) / (10 + n)) (EMAModel's rule)."""
+    return 0.0 if n == 0 else min(decay, (1 + n) / (10 + n))
+
+
 class EMA(L.Callback):
     """Exponential moving average of the weights, one update per optimizer step.
 
     theta_ema <- d * theta_ema + (1 - d) * theta, with the decay warmed up as
-    d_n = min(decay, (1 + n) / (10 + n)) after n updates so that short runs
-    are not dominated by the initial weights. Under gradient accumulation the
+    `tessera.core.ema.EMAModel` does: d_0 = 0 (the first update equals the
+    model), then d_n = min(decay, (1 + n) / (10 + n)) after n updates, so that
+    short runs are not dominated by the initial weights. Buffers are in the
+    average too (float ones averaged, integer ones copied). Under gradient accumulation the
     update follows the optimizer (trainer.global_step), not the micro-batches.
     The average is saved in and restored from Lightning checkpoints; with
     `eval_with_ema` validation, test and export use it.
@@ -113,7 +120,7 @@ class EMA(L.Callback):
         if trainer.global_step == self._last_step:  # accumulating: no optimizer step yet
             return
         self._last_step = trainer.global_step
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        d = warmup_decay(self.decay, self.updates)
         for k, v in task_network(pl_module).state_dict().items():
             s = self.shadow[k]
             if s.is_floating_point():
@@ -228,27 +235,98 @@ class RestoreLoaderState(L.Callback):
             loop._load_combined_loader_states()  # private in Lightning 2.x; see the docstring
 
 
+class ResumeSettings(L.Callback):
+    """On resume, apply a changed learning rate or weight decay, and say so.
+
+    Lightning restores the optimizer and schedule from the checkpoint, so a
+    resumed run would silently keep the old learning rate. Here a changed
+    `lr` rescales every parameter group and the schedule's base rates by
+    new / old (the warm-up and cosine shape continue), a changed
+    `weight_decay` replaces it in the groups that had decay, and every other
+    changed setting of the task is listed in the warning (those take effect as
+    the task reads them; a changed batch size is handled by the loader).
+    """
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        old = checkpoint.get("hyper_parameters") or {}
+        new = dict(getattr(pl_module, "hparams", {}) or {})
+        changed = {k: (old[k], new[k]) for k in new if k in old and old[k] != new[k]}
+        if not changed:
+            return
+        groups = [g for opt in checkpoint.get("optimizer_states", []) for g in opt.get("param_groups", [])]
+        applied = []
+        if "lr" in changed and all(isinstance(v, (int, float)) and v > 0 for v in changed["lr"]):
+            factor = changed["lr"][1] / changed["lr"][0]
+            for g in groups:
+                for key in ("lr", "initial_lr"):
+                    if key in g:
+                        g[key] *= factor
+            for sched in checkpoint.get("lr_schedulers", []):
+                for key in ("base_lrs", "_last_lr"):
+                    if key in sched:
+                        sched[key] = [v * factor for v in sched[key]]
+            applied.append("lr")
+        if "weight_decay" in changed and isinstance(changed["weight_decay"][1], (int, float)):
+            for g in groups:
+                if g.get("weight_decay", 0) > 0:
+                    g["weight_decay"] = changed["weight_decay"][1]
+            applied.append("weight_decay")
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        log.warning(
+            "resuming with settings that differ from the checkpoint's (%s); %s to the restored optimizer%s",
+            listed,
+            " and ".join(applied) + " applied" if applied else "nothing applied",
+            "; the others take effect as the task reads them" if set(changed) - set(applied) else "",
+        )
+
+
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
 class FiniteLossCheck(L.Callback):
-    """Stop the run when the loss is NaN or inf, before it reaches the weights or a checkpoint."""
+    """Stop the run when the loss or a gradient is NaN or inf, before it reaches the weights or a checkpoint.
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
+    Three guards: the loss before backward; every gradient before the optimizer
+    step (a finite loss can still give an infinite gradient; skipped under
+    fp16 mixed precision, whose grad scaler skips such steps itself); and the
+    weights of every checkpoint before it is written, so that no checkpoint of
+    the run ever holds a non-finite value and the one named in the message is good.
+    """
+
+    def _stop(self, trainer: L.Trainer, bad: bool, what: str) -> None:
         if trainer.world_size > 1:  # every rank stops together (no rank left waiting in a collective)
             bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
         if not bad:
             return
-        ckpt = trainer.checkpoint_callback
-        last = getattr(ckpt, "last_model_path", "") or ""
+        last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
         raise NonFiniteLossError(
-            f"training loss is {loss.detach().float().item()} at step {trainer.global_step} "
-            f"(epoch {trainer.current_epoch}, batch {trainer.fit_loop.epoch_loop.batch_idx + 1}); "
-            f"stopped before the optimizer step, {kept}"
+            f"{what} at step {trainer.global_step} (epoch {trainer.current_epoch}, "
+            f"batch {trainer.fit_loop.epoch_loop.batch_idx + 1}); stopped before the optimizer step, {kept}"
         )
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        self._stop(trainer, bad, f"training loss is {loss.detach().float().item()}")
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        if str(trainer.precision).startswith("16"):
+            return  # the grad scaler skips non-finite steps and lowers its scale: that is expected there
+        bad = [n for n, p in pl_module.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        names = f"{bad[:4]}{' ...' if len(bad) > 4 else ''}"
+        self._stop(trainer, bool(bad), f"gradient is NaN or inf in {len(bad)} parameter(s) {names}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})
+        bad = [k for k, v in state.items() if isinstance(v, Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            last = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+            raise NonFiniteLossError(
+                f"weights hold NaN or inf at step {trainer.global_step} in {bad[:4]}{' ...' if len(bad) > 4 else ''}; "
+                f"this checkpoint was not written, {kept}"
+            )
 
 
 # -------------------------------------------------------------------------- export

@@ -32,6 +32,7 @@ def atomic_save(path: str | Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    remove_stale_temporaries(path)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -40,6 +41,34 @@ def atomic_save(path: str | Path, write: Callable[[Any], None]) -> None:
             os.close(fd)
     except OSError:  # some filesystems do not fsync directories
         pass
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Delete `path`'s temporary siblings left by writers that were killed mid-save.
+
+    A temporary is `.NAME.tmp-<pid>`; it is stale when its process no longer
+    runs (a live one may still be writing it). Returns the removed files.
+    """
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+        log.info("removed %s, left by a save that was interrupted", tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only checks that the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -105,6 +105,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
         FiniteLossCheck,
         PlotMetrics,
         RestoreLoaderState,
+        ResumeSettings,
         StepSeed,
         run_logger,
     )
@@ -169,7 +170,9 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
         subclass_mode_data=True,
         trainer_defaults={
             "default_root_dir": "runs/tessera",
-            "callbacks": [StepSeed(), RestoreLoaderState(), FiniteLossCheck(), ExportPretrained(), PlotMetrics()],
+            "callbacks": [
+                StepSeed(), RestoreLoaderState(), ResumeSettings(), FiniteLossCheck(), ExportPretrained(), PlotMetrics(),
+            ],
         },
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
