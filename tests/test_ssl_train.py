@@ -121,7 +121,7 @@ def test_simmim_fit_reports_loss_and_mean_fill(tmp_path, one_thread):
 
     args = {"encoder_args": {"patch_size": 4, "embed_dim": 16, "depth": 1, "num_heads": 2}, "mask_patch_size": 8}
     argv = ["fit", "--config", "configs/simmim_digits.yaml", "--trainer.default_root_dir", str(tmp_path / "s"),
-            "--trainer.max_epochs", "1", "--trainer.max_steps", "3", "--trainer.limit_val_batches", "1",
+            "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
             "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
             "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",
             "--model.init_args.model_args", json.dumps(args), "--data.init_args.img_size", "16",
