@@ -81,6 +81,12 @@ class ViTConfig:
     # A learned token that replaces masked patch embeddings (SimMIM, iBOT); off by
     # default so that timm / transformers checkpoints, which have none, load strictly.
     use_mask_token: bool = False
+    # DINOv2's backbone details (Oquab et al., arXiv:2304.07193): a learned per-channel scale
+    # gamma on each residual branch (CaiT's LayerScale), initialised to this value (None: off) ...
+    layer_scale_init: float | None = None
+    # ... and register tokens (Darcet et al., arXiv:2309.16588): extra learned prefix tokens
+    # after the class token, without position embedding, that no head reads.
+    num_register_tokens: int = 0
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
 
@@ -107,6 +113,10 @@ class ViTConfig:
             raise ValueError(f"hybrid_stem reduces by 4 before the patch projection; patch_size {p} is not a multiple of 4")
         if self.pre_logits_dim is not None and self.pre_logits_dim < 1:
             raise ValueError(f"pre_logits_dim must be a positive int or None, got {self.pre_logits_dim}")
+        if self.layer_scale_init is not None and not self.layer_scale_init > 0:
+            raise ValueError(f"layer_scale_init must be > 0 or None, got {self.layer_scale_init}")
+        if not isinstance(self.num_register_tokens, int) or self.num_register_tokens < 0:
+            raise ValueError(f"num_register_tokens must be an int >= 0, got {self.num_register_tokens!r}")
         for name in ("drop_rate", "drop_path_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -166,6 +176,18 @@ class ConvStem(nn.Module):
         return self.act(self.bn2(self.conv2(x)))
 
 
+class LayerScale(nn.Module):
+    """x -> gamma * x with a learned per-channel gamma (CaiT, DINOv2), initialised to `init`."""
+
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(..., C) -> (..., C)."""
+        return x * self.gamma
+
+
 class Block(nn.Module):
     """Pre-LN transformer encoder block over tokens (B, N, C)."""
 
@@ -179,15 +201,18 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         rel_pos_grid: tuple[int, int] | None = None,
         num_prefix_tokens: int = 1,
+        layer_scale_init: float | None = None,
     ) -> None:
         super().__init__()
         self.num_prefix_tokens = num_prefix_tokens
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_drop=drop)
         self.rel_pos_bias = RelativePositionBias(rel_pos_grid, num_heads) if rel_pos_grid else None
+        self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
 
     def forward(self, z: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -195,8 +220,8 @@ class Block(nn.Module):
         bias = None
         if self.rel_pos_bias is not None:
             bias = patch_grid_bias(self.rel_pos_bias, grid, self.num_prefix_tokens)
-        z = z + self.drop_path1(self.attn(self.norm1(z), bias))  # z^ = MSA(LN(z)) + z
-        z = z + self.drop_path2(self.mlp(self.norm2(z)))  # z = MLP(LN(z^)) + z^
+        z = z + self.drop_path1(self.ls1(self.attn(self.norm1(z), bias)))  # z^ = (gamma_1) MSA(LN(z)) + z
+        z = z + self.drop_path2(self.ls2(self.mlp(self.norm2(z))))  # z = (gamma_2) MLP(LN(z^)) + z^
         return z
 
 
@@ -222,7 +247,9 @@ class VisionTransformer(TesseraModel):
         img = to_2tuple(c.img_size)
         self.patch_size = c.patch_size
         self.patch_grid = (img[0] // c.patch_size, img[1] // c.patch_size)
-        self.num_prefix_tokens = int(c.class_token) + int(c.distilled)
+        # Prefix tokens: [CLS, dist, registers]; only CLS and dist have a position embedding.
+        self.num_pos_prefix_tokens = int(c.class_token) + int(c.distilled)
+        self.num_prefix_tokens = self.num_pos_prefix_tokens + c.num_register_tokens
         self.num_features = c.pre_logits_dim or C
 
         # Patch partition + linear projection (optionally after a small CNN stem).
@@ -235,9 +262,11 @@ class VisionTransformer(TesseraModel):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, C)) if c.distilled else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, C)) if c.use_mask_token else None
+        R = c.num_register_tokens
+        self.reg_token = nn.Parameter(torch.zeros(1, R, C)) if R else None
         N = self.patch_grid[0] * self.patch_grid[1]
         if c.pos_embed == "learn":
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_prefix_tokens + N, C))
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.num_pos_prefix_tokens + N, C))
         elif c.pos_embed == "sincos":
             # Fixed, so derived: a non-persistent buffer. Prefix tokens get no position.
             self.register_buffer("pos_embed", self._sincos(self.patch_grid), persistent=False)
@@ -247,7 +276,10 @@ class VisionTransformer(TesseraModel):
 
         rel_grid = self.patch_grid if c.rel_pos_bias else None
         self.blocks = nn.ModuleList(
-            Block(C, c.num_heads, c.mlp_ratio, c.qkv_bias, c.drop_rate, p, rel_grid, self.num_prefix_tokens)
+            Block(
+                C, c.num_heads, c.mlp_ratio, c.qkv_bias, c.drop_rate, p, rel_grid, self.num_prefix_tokens,
+                c.layer_scale_init,
+            )
             for p in drop_path_rates(c.drop_path_rate, c.depth)
         )
         self.norm = nn.LayerNorm(C, eps=LN_EPS)
@@ -264,7 +296,7 @@ class VisionTransformer(TesseraModel):
         self.feature_info = [
             {"num_chs": C, "reduction": c.patch_size, "module": f"blocks.{i}"} for i in range(c.depth)
         ]
-        for p in (self.cls_token, self.dist_token, self.mask_token, self.pos_embed):
+        for p in (self.cls_token, self.dist_token, self.mask_token, self.reg_token, self.pos_embed):
             if isinstance(p, nn.Parameter):
                 nn.init.trunc_normal_(p, std=0.02)
 
@@ -273,7 +305,7 @@ class VisionTransformer(TesseraModel):
 
     def _sincos(self, grid: tuple[int, int]) -> Tensor:
         pe = sincos_2d(grid, self.config.embed_dim)  # (H'W', C)
-        return torch.cat([pe.new_zeros(self.num_prefix_tokens, pe.shape[1]), pe])[None]
+        return torch.cat([pe.new_zeros(self.num_pos_prefix_tokens, pe.shape[1]), pe])[None]
 
     # ----------------------------------------------------------------- embedding
 
@@ -306,7 +338,7 @@ class VisionTransformer(TesseraModel):
         if self.config.pos_embed == "sincos":
             return self._sincos(grid).to(self.pos_embed)
         return resample_abs_pos_embed(
-            self.pos_embed, grid, self.patch_grid, self.num_prefix_tokens, mode=self.config.pos_embed_interp
+            self.pos_embed, grid, self.patch_grid, self.num_pos_prefix_tokens, mode=self.config.pos_embed_interp
         )
 
     def _embed(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
@@ -327,6 +359,9 @@ class VisionTransformer(TesseraModel):
         pos = self._position_embedding(grid)
         if pos is not None:
             z = z + pos  # z_0 = [x_cls; x_dist; x_p E] + E_pos
+        if self.reg_token is not None:  # registers after CLS / dist, without position (as DINOv2)
+            P0 = self.num_pos_prefix_tokens
+            z = torch.cat([z[:, :P0], self.reg_token.expand(B, -1, -1).to(z.dtype), z[:, P0:]], dim=1)
         return self.pos_drop(z), grid
 
     # ----------------------------------------------------------------- encoder API
@@ -391,7 +426,7 @@ class VisionTransformer(TesseraModel):
 
     def no_weight_decay(self) -> set[str]:
         """Position table and tokens train without weight decay (timm / DeiT)."""
-        names = ("pos_embed", "cls_token", "dist_token", "mask_token")
+        names = ("pos_embed", "cls_token", "dist_token", "mask_token", "reg_token")
         return {n for n, _ in self.named_parameters() if n in names}
 
     def forward_features(self, x: Tensor) -> Tensor:
