@@ -61,9 +61,9 @@ def bench_pixel_vs_latent(batch: int) -> None:
     torch.manual_seed(0)
     pixel = tessera.create_model("unet_digits")
     latent = tessera.create_model("ldm_unet_digits")
-    # the measurement runs' first stage: channels (32, 64), f = 2, 16x16x1 -> 8x8x4
+    # the measurement runs' first stage: channels (16, 32), f = 2, 16x16x1 -> 8x8x4
     first = tessera.create_model(
-        "autoencoder_kl_f4", img_size=16, in_chans=1, channels=(32, 64), layers_per_block=1, norm_groups=8,
+        "autoencoder_kl_f4", img_size=16, in_chans=1, channels=(16, 32), layers_per_block=1, norm_groups=8,
         mid_attention=False, latent_channels=4, perceptual_weight=0.0,
     ).eval()
     t = torch.randint(0, 1000, (batch,))
