@@ -97,10 +97,17 @@ def _read_json(path: Path) -> object:
         raise CheckpointError(f"malformed JSON in {str(path)!r}: {err}") from None
 
 
-def _tessera_meta(meta: object, where: str) -> dict | None:
-    """Check a tessera `{"architecture", "config"}` record; None when it is not tessera's."""
+def _tessera_meta(meta: object, where: str, strict: bool = True) -> dict | None:
+    """Check a tessera `{"architecture", "config"}` record; None when it is not tessera's.
+
+    A folder's config.json may be foreign (transformers: "architectures", "model_type";
+    timm: "architecture" with "pretrained_cfg", "num_classes", ...): with `strict=False`
+    a record is tessera's only when it has "config" or nothing but "architecture".
+    """
     if not isinstance(meta, dict) or "architecture" not in meta:
         return None  # a foreign config (transformers: "architectures", "model_type", ...)
+    if not strict and "config" not in meta and set(meta) != {"architecture"}:
+        return None  # timm's config.json
     if not isinstance(meta["architecture"], str) or not isinstance(meta.get("config"), dict):
         raise CheckpointError(
             f"{where} names architecture {meta['architecture']!r} but has no 'config' object "
@@ -135,7 +142,7 @@ def read_tessera_config(path: str | Path) -> dict | None:
             raise CheckpointError(f"'tessera' metadata in {str(path)!r} has no 'architecture'")
         return _tessera_meta(meta, f"the 'tessera' metadata of {str(path)!r}")
     if path.is_dir() and (path / "config.json").is_file():
-        return _tessera_meta(_read_json(path / "config.json"), str(path / "config.json"))
+        return _tessera_meta(_read_json(path / "config.json"), str(path / "config.json"), strict=False)
     return None
 
 
