@@ -177,9 +177,9 @@ def test_nan_stops_the_chain_naming_the_step():
         LangevinSampler(0.5).sample(lambda x: -x.square().sum(1).square(), torch.full((2, 2), 3.0), 100)
     assert 1 <= info.value.step < 100
 
-    def nan_after_two(x, calls=[0]):  # noqa: B006  counts calls
+    def nan_from_the_fourth_call(x, calls=[0]):  # noqa: B006  counts calls (call 1: the start, then one per step)
         calls[0] += 1
         return x.square().sum(1) * (float("nan") if calls[0] > 3 else 1.0)
 
     with pytest.raises(ChainDivergedError, match="step 3 of 10"):
-        MetropolisSampler(0.1).sample(nan_after_two, torch.zeros(2, 2), 10)
+        MetropolisSampler(0.1).sample(nan_from_the_fourth_call, torch.zeros(2, 2), 10)
