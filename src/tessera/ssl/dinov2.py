@@ -241,11 +241,14 @@ def _register(name: str, encoder: str, encoder_args: dict, doc: str, **fixed: An
 
     build.__name__ = name
     build.__doc__ = doc
-    register_model(name, kind="wrapper", tiny={"encoder_args": TINY_ENCODER, **TINY_HEAD})(build)
+    # the tiny encoder has the DINOv2 details too: layer scale and one register token
+    tiny_encoder = {**TINY_ENCODER, "layer_scale_init": 1e-5, "num_register_tokens": 1}
+    register_model(name, kind="wrapper", tiny={"encoder_args": tiny_encoder, **TINY_HEAD})(build)
 
 
-# The released ViT-S/14 and ViT-B/14 were trained at 224 px (then 518 px) with 98 px local crops.
-_DINOV2_VIT = {"patch_size": 14, "dynamic_img_size": True}
+# The released ViT-S/14 and ViT-B/14 were trained at 224 px (then 518 px) with 98 px local crops,
+# layer scale initialised at 1e-5.
+_DINOV2_VIT = {"patch_size": 14, "dynamic_img_size": True, "layer_scale_init": 1e-5}
 _register(
     "dinov2_vit_small_patch14", "vit_small_patch16_224", _DINOV2_VIT,
     "DINOv2 objective on ViT-S/14 (K = 65536, Sinkhorn-Knopp, 2 x 224 + 8 x 98 crops).", local_crop_size=98,

@@ -1,0 +1,68 @@
+"""transformers' DINOv2 backbone (layer scale, register tokens) loaded into tessera's ViT: same features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from tessera.ssl.dinov2_convert import load_dinov2_transformers  # noqa: E402
+
+SMALL = dict(image_size=32, patch_size=4, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=4)
+
+
+def _randomise(model: torch.nn.Module) -> None:
+    """Non-trivial layer scales, tokens and positions (the defaults would hide a missing one)."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lambda1" in name or "token" in name or "position" in name:
+                p.normal_(0, 0.5)
+
+
+# transformers' with-registers model resamples its positions with antialias=True (the official
+# reg4 release's setting); tessera's resampling is plain bicubic, so that model is checked at
+# its native size only.
+@pytest.mark.parametrize("registers, sizes", [(0, (32, 48)), (4, (32,))])
+def test_features_match_at_native_and_other_size(tmp_path, registers, sizes):
+    torch.manual_seed(0)
+    if registers:
+        cfg = transformers.Dinov2WithRegistersConfig(**SMALL, num_register_tokens=registers, layerscale_value=1e-5)
+        hf = transformers.Dinov2WithRegistersModel(cfg).eval()
+    else:
+        hf = transformers.Dinov2Model(transformers.Dinov2Config(**SMALL, layerscale_value=1e-5)).eval()
+    _randomise(hf)
+    hf.save_pretrained(tmp_path)
+    ours = load_dinov2_transformers(tmp_path)
+    assert ours.num_prefix_tokens == 1 + registers and ours.config.layer_scale_init == 1e-5
+    for size in sizes:  # native (8x8 grid) and position interpolation (12x12)
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            ref = hf(pixel_values=x).last_hidden_state
+            got = ours.forward_tokens(x)
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_mask_token_is_loaded_for_ibot(tmp_path):
+    torch.manual_seed(0)
+    hf = transformers.Dinov2Model(transformers.Dinov2Config(**SMALL)).eval()
+    _randomise(hf)
+    hf.save_pretrained(tmp_path)
+    ours = load_dinov2_transformers(tmp_path, use_mask_token=True)
+    x = torch.randn(2, 3, 32, 32)
+    mask = torch.zeros(2, 64, dtype=torch.bool)
+    mask[:, ::5] = True
+    with torch.no_grad():
+        ref = hf(pixel_values=x, bool_masked_pos=mask).last_hidden_state
+        got = ours.forward_tokens(x, mask)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_not_a_dinov2_folder(tmp_path):
+    hf = transformers.ViTModel(transformers.ViTConfig(image_size=32, patch_size=4, hidden_size=32,
+                                                     num_hidden_layers=1, num_attention_heads=2))
+    hf.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="not DINOv2"):
+        load_dinov2_transformers(tmp_path)
