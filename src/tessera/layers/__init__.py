@@ -10,6 +10,7 @@ from tessera.layers.pos_embed import (
     relative_position_index,
     resample_abs_pos_embed,
     resize_rel_pos_table,
+    same_grid,
     sincos_2d,
 )
 from tessera.layers.window_attention import (
@@ -35,6 +36,7 @@ __all__ = [
     "relative_position_index",
     "resample_abs_pos_embed",
     "resize_rel_pos_table",
+    "same_grid",
     "sincos_2d",
     "to_2tuple",
     "WindowAttention",

@@ -24,6 +24,15 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> 
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1).float()
 
 
+def same_grid(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """a == b when that is known without assuming it: under torch.export with symbolic sizes an
+    unprovable equality is False (and the resampling, an exact identity at equal sizes, runs), so
+    no size gets specialised; in eager mode it is plain `==`."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return all(statically_known_true(x == y) for x, y in zip(a, b)) and len(a) == len(b)
+
+
 def resample_abs_pos_embed(
     pos_embed: Tensor,
     new_grid: tuple[int, int],
@@ -44,7 +53,7 @@ def resample_abs_pos_embed(
         if side * side != n:
             raise ValueError(f"cannot infer a square grid from {n} position tokens; pass old_grid")
         old_grid = (side, side)
-    if tuple(old_grid) == tuple(new_grid):
+    if same_grid(old_grid, new_grid):
         return pos_embed
     C = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2).float()

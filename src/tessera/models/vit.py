@@ -40,6 +40,7 @@ from tessera.layers import (
     relative_position_index,
     resample_abs_pos_embed,
     resize_rel_pos_table,
+    same_grid,
     sincos_2d,
     to_2tuple,
 )
@@ -333,7 +334,7 @@ class VisionTransformer(TesseraModel):
         """(1, prefix + H'W', C) position embedding for a (H', W') grid, resampled when it differs."""
         if self.pos_embed is None:
             return None
-        if grid == self.patch_grid:
+        if same_grid(grid, self.patch_grid):
             return self.pos_embed
         if self.config.pos_embed == "sincos":
             return self._sincos(grid).to(self.pos_embed)
