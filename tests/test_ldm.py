@@ -14,6 +14,15 @@ from tessera.diffusion.guidance import guided_denoiser
 from tessera.diffusion.latent import LatentDiffusion
 from tessera.diffusion.ldm_unet import LDMUNet, LDMUNetConfig
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: thread start-up costs more than it saves (and a shared CPU oversubscribes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 class StandInTokenizer(nn.Module):
     """A tiny first stage with the tokenizer protocol: 16x16x1 images <-> (B, D, 4, 4) latents (f = 4)."""

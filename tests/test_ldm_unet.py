@@ -31,6 +31,15 @@ DIFFUSERS_TINY = dict(
     sample_size=16,
 )
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: thread start-up costs more than it saves (and a shared CPU oversubscribes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def random_reference(**overrides) -> torch.nn.Module:
     """A diffusers UNet2DConditionModel with random weights (biases and norms away from 0 / 1 too)."""

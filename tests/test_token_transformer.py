@@ -19,6 +19,15 @@ from tessera.generative import (
     sample_logits,
 )
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: thread start-up costs more than it saves (and a shared CPU oversubscribes)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 def model(objective: str = "causal", **kw) -> TokenTransformer:
     torch.manual_seed(0)
