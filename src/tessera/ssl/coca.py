@@ -524,3 +524,9 @@ _register(
     dim=768, unimodal_depth=12, multimodal_depth=12, num_heads=12, num_caption_queries=256, embed_dim=768,
     vocab_size=64000, context_length=64,
 )
+_register(
+    "coca_swin_tiny", "swin_tiny_patch4_window7_224",
+    {"img_size": 32, "patch_size": 4, "window_size": 4, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2)},
+    "CoCa on a Swin-T encoder, a small text side (D 256, 2 + 2 blocks, 64 caption queries).",
+    dim=256, unimodal_depth=2, multimodal_depth=2, num_heads=4, num_caption_queries=64, embed_dim=256,
+)
