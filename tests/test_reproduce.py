@@ -10,7 +10,7 @@ from tessera.experiments.scaling import slope
 
 
 def test_every_issue_experiment_is_registered():
-    assert {"swin-ablation", "scaling", "deit-distillation", "swinv2-transfer"} <= set(experiments())
+    assert {"swin-ablation", "scaling", "deit-distillation", "swinv2-transfer", "sampled-global-attention"} <= set(experiments())
 
 
 def test_slope_of_a_power_law():

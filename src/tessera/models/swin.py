@@ -64,6 +64,7 @@ from tessera.layers.window_attention import (
     window_reverse,
 )
 from tessera.models.swin_fast import DEFAULT_CHUNK_TOKENS, SwinFastPath
+from tessera.models.swin_global import SampledGlobalAttention
 
 PosEmbed = Literal["rel", "none", "abs", "abs+rel"]
 
@@ -98,6 +99,12 @@ class SwinConfig:
     pos_embed: PosEmbed = "rel"
     appearance: bool = True
     use_mask_token: bool = False
+    # The notes' proposal for global attention (note 004, `tessera.models.swin_global`): after each
+    # stage i > 1, attention from its tokens to n_i tokens sampled from stage i-1, fused in;
+    # n_1 = global_tokens, then / 4 per stage.
+    global_attn: Literal["none", "sampled"] = "none"
+    global_tokens: int = 196
+    global_fusion: Literal["add", "max", "concat"] = "add"
 
     def __post_init__(self) -> None:
         for name in ("img_size", "window_size"):
@@ -132,6 +139,17 @@ class SwinConfig:
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if self.pos_embed not in ("rel", "none", "abs", "abs+rel"):
             raise ValueError(f"pos_embed must be one of 'rel', 'none', 'abs', 'abs+rel'; got {self.pos_embed!r}")
+        if self.global_attn not in ("none", "sampled"):
+            raise ValueError(f"global_attn must be 'none' or 'sampled', got {self.global_attn!r}")
+        if self.global_fusion not in ("add", "max", "concat"):
+            raise ValueError(f"global_fusion must be 'add', 'max' or 'concat', got {self.global_fusion!r}")
+        if self.global_attn == "sampled":
+            stage1 = self.grid[0] * self.grid[1]
+            if not 1 <= self.global_tokens <= stage1:
+                raise ValueError(
+                    f"global_tokens must be in [1, {stage1}] (the stage-1 tokens of a {self.img_size} px input), "
+                    f"got {self.global_tokens}"
+                )
         if not self.appearance and self.pos_embed not in ("rel", "abs+rel"):
             raise ValueError(
                 "appearance=False (attention from the relative position bias alone) needs pos_embed "
@@ -359,6 +377,15 @@ class SwinTransformer(TesseraModel):
             )
             for i in range(len(c.depths))
         )
+        # global_attn[i - 1] follows stage i: its tokens attend to tokens sampled from stage i - 1.
+        self.global_attn = (
+            nn.ModuleList(
+                SampledGlobalAttention(dims[i - 1], dims[i], max(1, c.global_tokens // 4 ** (i - 1)), c.global_fusion)
+                for i in range(1, len(dims))
+            )
+            if c.global_attn == "sampled"
+            else None
+        )
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.feature_info = [
@@ -407,6 +434,13 @@ class SwinTransformer(TesseraModel):
         flat = resample_abs_pos_embed(pos.flatten(1, 2), grid, old_grid=tuple(pos.shape[1:3]), num_prefix_tokens=0)
         return flat.reshape(1, grid[0], grid[1], -1)
 
+    def stage_forward(self, i: int, z: Tensor) -> Tensor:
+        """Stage i on z (B, H, W, C), then, with global attention, attention to tokens sampled from z."""
+        out = self.run_stage(self.stages[i], z)
+        if self.global_attn is not None and i > 0:
+            out = self.global_attn[i - 1](z, out)
+        return out
+
     def run_stage(self, stage: SwinStage, z: Tensor) -> Tensor:
         """One stage, (B, H, W, C) -> (B, H', W', C'): through the fast path, or the plain modules."""
         return stage(z) if self.fast_path is None else self.fast_path.run_stage(stage, z)
@@ -417,8 +451,8 @@ class SwinTransformer(TesseraModel):
         `mask`: (B, N_patches) bool over the stage-1 patches (see `embed`); needs `use_mask_token=True`.
         """
         z = self.embed(x, mask)
-        for stage in self.stages:
-            z = self.run_stage(stage, z)
+        for i in range(len(self.stages)):
+            z = self.stage_forward(i, z)
         return self.norm(z).flatten(1, 2)
 
     def forward_intermediates(
@@ -446,8 +480,8 @@ class SwinTransformer(TesseraModel):
         last = len(self.stages) - 1
         z = self.embed(x)
         outputs: dict[int, Tensor] = {}
-        for i, stage in enumerate(self.stages[: max(take) + 1]):
-            z = self.run_stage(stage, z)  # (B, H_i, W_i, C_i)
+        for i in range(max(take) + 1):
+            z = self.stage_forward(i, z)  # (B, H_i, W_i, C_i)
             if i in take:
                 out = self.norm(z) if norm and i == last else z
                 outputs[i] = out.permute(0, 3, 1, 2).contiguous()  # (B, C_i, H_i, W_i)
@@ -476,8 +510,8 @@ class SwinTransformer(TesseraModel):
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> LayerNorm'd last-stage map (B, H/32, W/32, 8C) for P = 4."""
         z = self.embed(x)
-        for stage in self.stages:
-            z = self.run_stage(stage, z)
+        for i in range(len(self.stages)):
+            z = self.stage_forward(i, z)
         return self.norm(z)
 
     # -- classifier

@@ -289,6 +289,7 @@ class SwinTransformerV2(SwinTransformer):
             )
             for i in range(len(c.depths))
         )
+        self.global_attn = None  # Swin-V1's sampled global attention option is not part of V2
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, c.num_classes) if c.num_classes > 0 else nn.Identity()
         self.feature_info = [
