@@ -20,12 +20,15 @@ def reproduce(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="seconds-long version (tiny models and budgets)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the experiment's, 3)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per run, where the experiment trains")
+    parser.add_argument("--train-limit", type=int, default=None, help="training images used, where the experiment trains")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
     if args.epochs is not None and args.epochs < 1:
         raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.train_limit is not None and args.train_limit < 1:
+        raise ValueError(f"--train-limit must be >= 1, got {args.train_limit}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -34,11 +37,11 @@ def reproduce(argv: list[str]) -> int:
     out = Path(args.out or f"runs/reproduce/{args.name}")
     kwargs: dict = {"quick": args.quick}
     accepted = inspect.signature(fn).parameters
-    for key in ("seeds", "epochs"):
+    for key in ("seeds", "epochs", "train_limit"):
         value = getattr(args, key)
         if value is not None:
             if key not in accepted:
-                raise ValueError(f"{args.name} takes no --{key}")
+                raise ValueError(f"{args.name} takes no --{key.replace('_', '-')}")
             kwargs[key] = value
     fn(out, **kwargs)
     print((out / "results.md").read_text())
