@@ -20,13 +20,13 @@ SRC = Path(tessera.__file__).parent
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    """A diffusion run folder as `tessera fit` exports it: tiny UNet + diffusion.json (T = 20)."""
+    """A diffusion run folder as `tessera fit` exports it: tiny UNet + diffusion.json (T = 30)."""
     from tessera.core import create_model
 
     folder = tmp_path_factory.mktemp("ddpm") / "run"
     unet = create_model("unet_digits", img_size=8, widths=(8, 16), depth=1, attn_resolutions=(), norm_groups=4, dropout=0.0)
     unet.save_pretrained(folder)
-    (folder / "diffusion.json").write_text(json.dumps({"schedule": "linear", "T": 20, "beta_start": 1e-4, "beta_end": 0.02, "prediction": "eps"}))
+    (folder / "diffusion.json").write_text(json.dumps({"schedule": "linear", "T": 30, "beta_start": 1e-4, "beta_end": 0.02, "prediction": "eps"}))
     return folder
 
 
@@ -43,8 +43,8 @@ def _sample(run: Path, *extra: str) -> list[str]:
         (["--num", "0"], "--num must be >= 1, got 0"),
         (["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         (["--eta", "-1"], "--eta must be >= 0"),
-        (["--steps", "0"], "steps must be an integer in [1, T] = [1, 20], got 0"),
-        (["--steps", "21", "--spacing", "trailing"], "steps must be an integer in [1, T] = [1, 20], got 21"),
+        (["--steps", "0"], "steps must be an integer in [1, T] = [1, 30], got 0"),
+        (["--steps", "31", "--spacing", "trailing"], "steps must be an integer in [1, T] = [1, 30], got 31"),
         (["--class-label", "3"], "--class-label must be in [0, 0)"),
     ],
 )
@@ -81,11 +81,11 @@ def test_broken_diffusion_json_is_named(tmp_path, run, capsys):
     assert main([*_sample(broken), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert "malformed JSON" in err and str(broken / "diffusion.json") in err
-    (broken / "diffusion.json").write_text(json.dumps({"schedule": "cosine2", "T": 20}))
+    (broken / "diffusion.json").write_text(json.dumps({"schedule": "cosine2", "T": 30}))
     assert main([*_sample(broken), "--out", str(tmp_path / "g.png")]) == 2
     err = capsys.readouterr().err
     assert "diffusion.json" in err and "cosine2" in err
-    (broken / "diffusion.json").write_text(json.dumps({"T": "20"}))
+    (broken / "diffusion.json").write_text(json.dumps({"T": "30"}))
     assert main([*_sample(broken), "--out", str(tmp_path / "g.png")]) == 2
     assert "T must be an integer" in capsys.readouterr().err
 
@@ -108,8 +108,8 @@ def test_image_i_is_the_same_in_any_batch_size(run, tmp_path, sampler):
 
 @pytest.mark.slow
 def test_trailing_spacing_with_steps_not_dividing_T_samples(run, tmp_path):
-    # 3, 7 and 9 do not divide T = 20
-    for steps in ("3", "7", "9"):
+    # 13 and 26 of T = 30 gave a grid ending in timestep -1
+    for steps in ("13", "26"):
         assert main(["sample", "--checkpoint", str(run), "--num", "1", "--steps", steps, "--spacing", "trailing",
                      "--out", str(tmp_path / f"t{steps}.png")]) == 0
 
@@ -140,7 +140,7 @@ def test_family_packages_never_import_the_engine_or_the_cli():
     """Lower packages never import higher ones (DESIGN.md): no tessera.train / tessera.cli in a family."""
     offenders = []
     for pkg in sorted(p for p in SRC.iterdir() if p.is_dir() and (p / "__init__.py").is_file()):
-        if pkg.name in ("train", "cli"):
+        if pkg.name in ("train", "cli", "experiments"):  # the engine, the command, and runs built on them
             continue
         for path in sorted(pkg.rglob("*.py")):
             bad = {n for n in _imports(path) if n.split(".")[:2] in (["tessera", "train"], ["tessera", "cli"])

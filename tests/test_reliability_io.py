@@ -109,8 +109,9 @@ def test_damaged_safetensors_is_a_checkpoint_error_naming_the_file(tmp_path, dam
         path.write_bytes(b"")
     else:
         path.write_bytes(struct.pack("<Q", 2**62) + data[8:])
-    with pytest.raises(CheckpointError, match="model.safetensors"):
-        tessera.create_model(NAME, checkpoint=tmp_path)
+    for checkpoint in (tmp_path, path):  # the folder, and the file itself
+        with pytest.raises(CheckpointError, match="model.safetensors"):
+            tessera.create_model(NAME, checkpoint=checkpoint)
     with pytest.raises(CheckpointError, match="model.safetensors"):
         read_state_dict(path)
 
