@@ -183,3 +183,17 @@ def test_nan_stops_the_chain_naming_the_step():
 
     with pytest.raises(ChainDivergedError, match="step 3 of 10"):
         MetropolisSampler(0.1).sample(nan_from_the_fourth_call, torch.zeros(2, 2), 10)
+
+
+def test_seeded_tiny_loops_against_recorded_numbers():
+    """A silent change of a sampler's arithmetic or of its order of random draws fails here."""
+    energy = lambda x: 0.5 * x.square().sum(1)  # noqa: E731
+    recorded = {
+        MetropolisSampler(0.5): ([0.4906522, 1.7019045, -0.0110218, 2.2027256], [0.8, 0.6]),
+        MALASampler(0.1): ([0.6609408, 1.1736026, -0.0296208, 2.4208837], [1.0, 1.0]),
+        SGLDSampler(0.1, 0.05, grad_clip=0.5): ([0.6657111, 0.7189175, 0.5332369, 0.7601043], [1.0, 1.0]),
+    }
+    for sampler, (x, acc) in recorded.items():
+        res = sampler.sample(energy, torch.ones(2, 2), 5, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(res.x.flatten(), torch.tensor(x), rtol=0, atol=1e-6, msg=sampler.name)
+        torch.testing.assert_close(res.accept_rate, torch.tensor(acc), rtol=0, atol=1e-6, msg=sampler.name)
