@@ -39,6 +39,7 @@ def resample_abs_pos_embed(
     old_grid: tuple[int, int] | None = None,
     num_prefix_tokens: int = 1,
     mode: str = "bicubic",
+    antialias: bool = False,
 ) -> Tensor:
     """Bicubic-resize a learned (1, prefix + H*W, C) position grid to `new_grid`.
 
@@ -57,7 +58,7 @@ def resample_abs_pos_embed(
         return pos_embed
     C = grid.shape[-1]
     grid = grid.reshape(1, old_grid[0], old_grid[1], C).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=False)
+    grid = F.interpolate(grid, size=new_grid, mode=mode, align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_grid[0] * new_grid[1], C).to(pos_embed.dtype)
     return torch.cat([prefix, grid], dim=1)
 

@@ -79,6 +79,9 @@ class ViTConfig:
     # How a learned position grid is resampled to another grid: timm's bicubic, or the
     # bilinear of transformers' DPT (needed for its outputs at other sizes).
     pos_embed_interp: Literal["bicubic", "bilinear"] = "bicubic"
+    # Resample with an antialiasing filter (PyTorch's antialiased bicubic uses a = -0.5, not
+    # -0.75): what DINOv2 with registers does (transformers' Dinov2WithRegistersModel).
+    pos_embed_antialias: bool = False
     # A learned token that replaces masked patch embeddings (SimMIM, iBOT); off by
     # default so that timm / transformers checkpoints, which have none, load strictly.
     use_mask_token: bool = False
@@ -339,7 +342,8 @@ class VisionTransformer(TesseraModel):
         if self.config.pos_embed == "sincos":
             return self._sincos(grid).to(self.pos_embed)
         return resample_abs_pos_embed(
-            self.pos_embed, grid, self.patch_grid, self.num_pos_prefix_tokens, mode=self.config.pos_embed_interp
+            self.pos_embed, grid, self.patch_grid, self.num_pos_prefix_tokens, mode=self.config.pos_embed_interp,
+            antialias=self.config.pos_embed_antialias,
         )
 
     def _embed(self, x: Tensor, mask: Tensor | None = None) -> tuple[Tensor, tuple[int, int]]:
