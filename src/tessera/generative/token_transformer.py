@@ -195,6 +195,11 @@ class TokenTransformer(TesseraModel):
                 nn.init.zeros_(m.bias)
 
     @property
+    def input_size(self) -> tuple[int, int, int]:
+        """The token sequence as a (1, 1, N) strip, for tools that print an input shape (`tessera info`)."""
+        return (1, 1, self.config.seq_len)
+
+    @property
     def causal(self) -> bool:
         return self.config.objective == "causal"
 
