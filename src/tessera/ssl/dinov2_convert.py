@@ -114,6 +114,8 @@ def vit_config_from_transformers(cfg: dict[str, Any]) -> dict[str, Any]:
         "qkv_bias": cfg.get("qkv_bias", True),
         "layer_scale_init": cfg.get("layerscale_value", 1.0),
         "num_register_tokens": cfg.get("num_register_tokens", 0),
+        # the with-registers release resamples its positions with antialiasing, the original does not
+        "pos_embed_antialias": cfg.get("model_type") == "dinov2_with_registers",
         "dynamic_img_size": True,  # DINOv2 interpolates its positions to any input size
         "num_classes": 0,
     }
