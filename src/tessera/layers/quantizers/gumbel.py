@@ -12,6 +12,8 @@ relaxed gradient. At inference (eval mode) the code is argmax q: deterministic.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -68,7 +70,7 @@ class GumbelQuantizer(nn.Module):
             z_q = torch.einsum("bkhw,kd->bdhw", y, self.codebook)  # sum_k y_k e_k
             log_q = F.log_softmax(logits, dim=1)
             # KL(q || uniform) = sum_k q_k (log q_k + log K), mean over positions
-            kl = (log_q.exp() * (log_q + torch.log(torch.tensor(float(self.num_codes))))).sum(1).mean()
+            kl = (log_q.exp() * (log_q + math.log(self.num_codes))).sum(1).mean()
         indices = y.argmax(dim=1)  # (B, H, W)
         zero = kl.new_zeros(())
         return QuantizerOutput(
