@@ -33,6 +33,7 @@ from tessera.layers import (
     to_2tuple,
 )
 from tessera.core.base import TesseraModel, replace_config
+from tessera.core.features import take_indices
 from tessera.core.registry import register_model
 
 LN_EPS = 1e-6
@@ -163,16 +164,7 @@ class MlpMixer(TesseraModel):
 
         Mixer has no prefix tokens: with `return_prefix_tokens` each comes with a (B, 0, C) tensor.
         """
-        depth = len(self.blocks)
-        if indices is None:
-            idx = list(range(depth))
-        elif isinstance(indices, int):
-            idx = list(range(depth - indices, depth))
-        else:
-            idx = list(indices)
-        if not idx or any(not -depth <= i < depth for i in idx):
-            raise ValueError(f"block indices {indices} out of range for a depth-{depth} Mixer")
-        idx = [i % depth for i in idx]
+        idx = take_indices(len(self.blocks), indices, "blocks")
         z = self._embed(x, None)
         out: dict[int, Tensor] = {}
         for i, blk in enumerate(self.blocks[: max(idx) + 1]):

@@ -34,6 +34,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from tessera.core.base import TesseraModel, replace_config
+from tessera.core.features import take_indices
 from tessera.core.registry import register_model
 from tessera.layers import DropPath, Mlp, check_image_batch, check_token_mask, checkpointed, drop_path_rates, to_2tuple
 
@@ -355,18 +356,6 @@ class MViTv2(TesseraModel):
             z = torch.where(mask[..., None], self.mask_token.to(z.dtype), z)
         return z, grid
 
-    def _stage_indices(self, indices: int | list[int] | None) -> list[int]:
-        n = len(self.stages)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices as an int is a count of last stages in [1, {n}], got {indices}")
-            return list(range(n - indices, n))
-        if any(not -n <= i < n for i in indices):
-            raise ValueError(f"stage indices must be in [-{n}, {n - 1}] for {n} stages, got {list(indices)}")
-        return [i % n for i in indices]
-
     def forward_tokens(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """(B, C_in, H, W) -> final LayerNorm'd tokens (B, H/32 W/32, 8C); `mask` (B, N_patches) bool."""
         z, grid = self.embed(x, mask)
@@ -382,7 +371,7 @@ class MViTv2(TesseraModel):
         return_prefix_tokens: bool = False,
     ) -> list[Tensor] | tuple[list[Tensor], list[Tensor]]:
         """Stage outputs as maps (B, C_i, H_i, W_i); `norm` applies the final norm to the last stage's."""
-        take = self._stage_indices(indices)
+        take = take_indices(len(self.stages), indices, "stages")
         last = len(self.stages) - 1
         z, grid = self.embed(x)
         out: dict[int, Tensor] = {}

@@ -43,6 +43,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from tessera.core.base import TesseraModel, replace_config
+from tessera.core.features import take_indices
 from tessera.core.registry import register_model
 from tessera.layers import (
     DropPath,
@@ -476,7 +477,7 @@ class SwinTransformer(TesseraModel):
         Returns:
             The maps, or (maps, prefix tokens) with `return_prefix_tokens`.
         """
-        take = self._stage_indices(indices)
+        take = take_indices(len(self.stages), indices, "stages")
         last = len(self.stages) - 1
         z = self.embed(x)
         outputs: dict[int, Tensor] = {}
@@ -489,19 +490,6 @@ class SwinTransformer(TesseraModel):
         if not return_prefix_tokens:
             return maps
         return maps, [m.new_zeros(m.shape[0], 0, m.shape[1]) for m in maps]
-
-    def _stage_indices(self, indices: int | list[int] | tuple[int, ...] | None) -> list[int]:
-        """Stage indices in [0, n) from None (all), an int n (the last n) or a list (negative allowed)."""
-        n = len(self.stages)
-        if indices is None:
-            return list(range(n))
-        if isinstance(indices, int):
-            if not 0 < indices <= n:
-                raise ValueError(f"indices as an int is a count of last stages in [1, {n}], got {indices}")
-            return list(range(n - indices, n))
-        if not indices or any(not -n <= i < n for i in indices):
-            raise ValueError(f"stage indices must be in [-{n}, {n - 1}] for {n} stages, got {list(indices)}")
-        return [i % n for i in indices]
 
     def features(self, x: Tensor) -> list[Tensor]:
         """Hierarchical feature maps for dense heads: [(B, C_i, H_i, W_i)] (see `feature_info`)."""

@@ -45,6 +45,7 @@ from tessera.layers import (
     to_2tuple,
 )
 from tessera.core.base import TesseraModel, replace_config
+from tessera.core.features import take_indices
 from tessera.core.registry import register_model
 
 LN_EPS = 1e-6  # timm's and the original JAX code's LayerNorm epsilon
@@ -91,6 +92,9 @@ class ViTConfig:
     # ... and register tokens (Darcet et al., arXiv:2309.16588): extra learned prefix tokens
     # after the class token, without position embedding, that no head reads.
     num_register_tokens: int = 0
+    # LayerNorm epsilon: timm's and the JAX code's 1e-6; transformers' ViT / DeiT configs say 1e-12,
+    # and loading their checkpoints takes the checkpoint's value (tessera.io.checkpoint) unless set here.
+    norm_eps: float = LN_EPS
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
 
@@ -206,15 +210,16 @@ class Block(nn.Module):
         rel_pos_grid: tuple[int, int] | None = None,
         num_prefix_tokens: int = 1,
         layer_scale_init: float | None = None,
+        norm_eps: float = LN_EPS,
     ) -> None:
         super().__init__()
         self.num_prefix_tokens = num_prefix_tokens
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, proj_drop=drop)
         self.rel_pos_bias = RelativePositionBias(rel_pos_grid, num_heads) if rel_pos_grid else None
         self.ls1 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
         self.ls2 = LayerScale(dim, layer_scale_init) if layer_scale_init else nn.Identity()
         self.drop_path2 = DropPath(drop_path)
@@ -282,11 +287,11 @@ class VisionTransformer(TesseraModel):
         self.blocks = nn.ModuleList(
             Block(
                 C, c.num_heads, c.mlp_ratio, c.qkv_bias, c.drop_rate, p, rel_grid, self.num_prefix_tokens,
-                c.layer_scale_init,
+                c.layer_scale_init, c.norm_eps,
             )
             for p in drop_path_rates(c.drop_path_rate, c.depth)
         )
-        self.norm = nn.LayerNorm(C, eps=LN_EPS)
+        self.norm = nn.LayerNorm(C, eps=c.norm_eps)
 
         # Pre-training head: Linear -> tanh -> Linear; fine-tuning head: Linear.
         if c.pre_logits_dim:
@@ -407,16 +412,7 @@ class VisionTransformer(TesseraModel):
             return_prefix_tokens: also return each block's prefix tokens (B, prefix, C),
                 CLS first (DPT's read-out).
         """
-        depth = len(self.blocks)
-        if indices is None:
-            idx = list(range(depth))
-        elif isinstance(indices, int):
-            idx = list(range(depth - indices, depth))
-        else:
-            idx = list(indices)
-        if not idx or any(not -depth <= i < depth for i in idx):
-            raise ValueError(f"block indices {indices} out of range for a depth-{depth} encoder")
-        idx = [i % depth for i in idx]
+        idx = take_indices(len(self.blocks), indices, "blocks")
         z, grid = self._embed(x)
         out: dict[int, Tensor] = {}
         for i, blk in enumerate(self.blocks[: max(idx) + 1]):
