@@ -26,13 +26,25 @@ def test_default_recipe_file_matches_the_builtin_one():
     "name", sorted(p.name for p in CONFIGS.glob("*.yaml") if not p.name.startswith("ddpm_"))
 )
 def test_configs_parse_and_instantiate(name, tmp_path):
+    def inputs(node, key=""):  # run folders a recipe reads (not the one it writes)
+        if isinstance(node, dict):
+            return [v for k, sub in node.items() for v in inputs(sub, k)]
+        if isinstance(node, list):
+            return [v for sub in node for v in inputs(sub, key)]
+        return [node] if isinstance(node, str) and node.startswith("runs/") and key != "default_root_dir" else []
+
+    missing = [w for w in inputs(yaml.safe_load((CONFIGS / name).read_text())) if not Path(w).exists()]
+    if missing:  # a recipe built on an earlier run's export (e.g. a perceptual classifier)
+        pytest.skip(f"{name} needs {missing} (trained by another recipe first)")
     cli = build_cli(
         ["fit", "--config", str(CONFIGS / name), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
          "--trainer.strategy", "auto", "--trainer.precision", "32-true",
          "--trainer.default_root_dir", str(tmp_path)],
         run=False,
     )
-    assert cli.model.hparams.model_name
+    assert cli.model is not None and cli.datamodule is not None
+    if "model_name" in cli.model.hparams:
+        assert cli.model.hparams.model_name
     assert type(cli.trainer.strategy.checkpoint_io).__name__ == "AtomicCheckpointIO"
     assert cli.trainer.checkpoint_callback.save_last is True
 

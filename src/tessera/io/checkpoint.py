@@ -267,6 +267,53 @@ def warn_non_finite(state: StateDict, path: str | Path) -> list[str]:
     return bad
 
 
+# transformers' ViT / DeiT layout (its LayerNorm epsilon defaults to 1e-12, timm's is 1e-6)
+_HF_VIT_KEY = "embeddings.patch_embeddings.projection.weight"
+_HF_VIT_TYPES = ("vit", "deit")
+
+
+def source_norm_eps(path: str | Path, state: StateDict) -> float | None:
+    """The LayerNorm epsilon a foreign ViT / DeiT checkpoint was trained with, when it says or implies one.
+
+    A transformers folder's config.json gives `layer_norm_eps`; transformers' key layout without
+    a config means its default, 1e-12. None otherwise (timm, official: the model's own 1e-6).
+    """
+    path = Path(path)
+    config = (path if path.is_dir() else path.parent) / "config.json"
+    if config.is_file():
+        try:
+            meta = json.loads(config.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = None
+        if isinstance(meta, dict) and meta.get("model_type") in _HF_VIT_TYPES and "layer_norm_eps" in meta:
+            return float(meta["layer_norm_eps"])
+    if any(k.endswith(_HF_VIT_KEY) for k in state) and not any(".stages." in k or "swin" in k for k in state):
+        return 1e-12
+    return None
+
+
+def _adopt_source_norm_eps(model: nn.Module, path: str | Path, state: StateDict) -> None:
+    """Give a model with a `norm_eps` config field the checkpoint's epsilon, so its outputs are the peer's.
+
+    Only when the field still has its default: a value the user set is kept.
+    """
+    import dataclasses
+
+    config = getattr(model, "config", None)
+    if config is None or not dataclasses.is_dataclass(config):
+        return
+    field = next((f for f in dataclasses.fields(config) if f.name == "norm_eps"), None)
+    eps = source_norm_eps(path, state) if field is not None else None
+    if eps is None or config.norm_eps != field.default or eps == config.norm_eps:
+        return
+    old = config.norm_eps
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm) and m.eps == old:
+            m.eps = eps
+    model.config = dataclasses.replace(config, norm_eps=eps)
+    log.info("LayerNorm epsilon %g from the checkpoint %s (the model's default was %g)", eps, path, old)
+
+
 def load_checkpoint(
     model: nn.Module, path: str | Path, *, drop_head: bool = False, strict: bool = True
 ) -> nn.Module:
@@ -281,6 +328,8 @@ def load_checkpoint(
     """
     state = read_state_dict(path)
     saved = read_tessera_config(path)
+    if saved is None:
+        _adopt_source_norm_eps(model, path, state)
     state = strip_wrapper_prefixes(state, model)
     state = convert_state_dict(state, model, saved["config"] if saved else None)
     warn_non_finite(state, path)

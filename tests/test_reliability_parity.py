@@ -1,0 +1,54 @@
+"""Same outputs as the peer at full size (issue 18): transformers' ViT-B/16 and DeiT-B distilled with
+its default LayerNorm epsilon 1e-12, read from the checkpoint (config.json or key layout)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tessera
+
+transformers = pytest.importorskip("transformers")
+
+
+def _sharpen(model):
+    """Weights at a scale where the epsilon shows (transformers' init leaves attention almost uniform)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "layernorm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "cls_name, cfg_name, name",
+    [
+        ("ViTForImageClassification", "ViTConfig", "vit_base_patch16_224"),
+        ("DeiTForImageClassificationWithTeacher", "DeiTConfig", "deit_base_distilled_patch16_224"),
+    ],
+)
+@torch.no_grad()
+def test_full_size_transformers_checkpoint_gives_the_peers_logits(cls_name, cfg_name, name, tmp_path):
+    config = getattr(transformers, cfg_name)(num_labels=10)  # ViT-B/16 / DeiT-B at 224 px, layer_norm_eps=1e-12
+    assert config.layer_norm_eps == 1e-12 and config.hidden_size == 768 and config.num_hidden_layers == 12
+    hf = _sharpen(getattr(transformers, cls_name)(config))
+    hf.save_pretrained(tmp_path / "hf")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ref = hf(x).logits
+    # a transformers folder: epsilon from its config.json
+    ours = tessera.create_model(name, num_classes=10, checkpoint=tmp_path / "hf").eval()
+    assert ours.config.norm_eps == 1e-12
+    assert (ours(x) - ref).abs().max().item() < 1e-4
+    # the weights file alone: transformers' key layout implies its default
+    alone = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(alone))
+    ours = tessera.create_model(name, num_classes=10, checkpoint=alone).eval()
+    assert ours.config.norm_eps == 1e-12 and (ours(x) - ref).abs().max().item() < 1e-4
+    # a value the user sets is kept (and then the logits differ measurably)
+    other = tessera.create_model(name, num_classes=10, checkpoint=tmp_path / "hf", norm_eps=1e-5).eval()
+    assert other.config.norm_eps == 1e-5 and (other(x) - ref).abs().max().item() > 1e-4
