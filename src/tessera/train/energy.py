@@ -188,7 +188,7 @@ class EnergyTask(EMAHost, L.LightningModule):
         if not math.isfinite(worst) or worst > bound:
             raise EnergyDivergedError(
                 f"energies diverged at step {self.global_step}: max |E| = {worst:.3g} (bound {bound:g}); "
-                f"E(x+) mean {float(e_pos.mean()):.3g}, E(x-) mean {float(e_neg.mean()):.3g}. "
+                f"E(x+) mean {float(e_pos.detach().mean()):.3g}, E(x-) mean {float(e_neg.detach().mean()):.3g}. "
                 "Lower lr or the SGLD step size, raise alpha, or turn on spectral normalisation"
             )
 
