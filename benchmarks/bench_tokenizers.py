@@ -177,8 +177,36 @@ def evaluate(args: argparse.Namespace) -> None:
         grid = torch.cat([x[: args.grid_n], *recs])
         save_grid(grid, args.grid, nrow=args.grid_n, scale=3)
         print(f"wrote {args.grid}: originals, then {', '.join(r['run'] for r in rows)}")
+    if args.curves:
+        plot_codebook_curves([Path(r) for r in args.runs], Path(args.curves))
     cols = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("run", "model"), k))
     record(rows, cols, note=f"Fashion-MNIST test, first {len(x)} images, classifier {args.classifier}")
+
+
+def plot_codebook_curves(runs: list[Path], path: Path) -> None:
+    """Codebook usage (fraction of codes used in the quantizer's window) and perplexity per training step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tessera.train.callbacks import read_metrics
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for run in runs:
+        m = read_metrics(run / "metrics.csv") if (run / "metrics.csv").is_file() else {}
+        for ax, key in zip(axes, ("train/usage", "train/perplexity")):
+            if key in m:
+                steps, values = zip(*m[key])
+                ax.plot(steps, values, label=run.name)
+    for ax, title in zip(axes, ("codebook usage (window of 100 steps)", "perplexity (per batch)")):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 def main() -> None:
@@ -198,6 +226,7 @@ def main() -> None:
     e.add_argument("--threads", type=int, default=2)
     e.add_argument("--grid", default=None)
     e.add_argument("--grid_n", type=int, default=12)
+    e.add_argument("--curves", default=None, help="PNG of codebook usage / perplexity over training")
     args = p.parse_args()
     speed(args) if args.cmd == "speed" else evaluate(args)
 
