@@ -78,3 +78,33 @@ def test_missing_repository_says_it_is_not_cached_and_how_to_fetch_it(offline):
         create_model_from_hub("hf-hub:nobody/absent")
     with pytest.raises(ValueError, match="must look like"):
         hub_folder("hf-hub:no-slash")
+
+
+def test_push_to_hub_uploads_a_folder_that_loads_back_by_its_hub_name(tmp_path, monkeypatch):
+    """Publishing goes through huggingface_hub's HfApi (a stand-in here: no network); what it uploads,
+    placed in a cache, loads back with the returned hf-hub: name."""
+    from tessera.io.hub import push_to_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    uploads = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            uploads.append(("create", repo_id))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            snap = _snapshot(tmp_path / "hub", repo_id)
+            for f in Path(folder_path).iterdir():
+                (snap / f.name).write_bytes(f.read_bytes())
+            uploads.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    model = tessera.create_model("vit_base_patch16_224", **TINY_VIT).eval()
+    name = push_to_hub(model, "me/tiny", api=FakeApi())
+    assert name == "hf-hub:me/tiny"
+    assert uploads == [("create", "me/tiny"), ("upload", "me/tiny", ["config.json", "model.safetensors"])]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    back = create_model_from_hub(name, cache_dir=tmp_path / "hub").eval()
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(back(x), model(x))
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
+        push_to_hub(model, "me/tiny", api=FakeApi())

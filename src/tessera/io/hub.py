@@ -12,7 +12,8 @@ repository load:
 - transformers' ViT / DeiT / Swin (config.json with "model_type"), whose sizes
   are read from the config.
 The weights go through `create_model(name, checkpoint=folder)`, so every
-layout the converters know is read.
+layout the converters know is read. `push_to_hub(model, "org/name")` publishes
+a `save_pretrained` folder (what `hf-hub:org/name` then loads).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["HUB_PREFIX", "create_model_from_hub", "hub_folder", "is_hub_name"]
+__all__ = ["HUB_PREFIX", "create_model_from_hub", "hub_folder", "is_hub_name", "push_to_hub"]
 
 HUB_PREFIX = "hf-hub:"
 
@@ -122,3 +123,37 @@ def create_model_from_hub(name: str, cache_dir: str | Path | None = None, **kwar
         base, overrides = _from_transformers(cfg)
         return create_model(base, checkpoint=folder, **{**overrides, **kwargs})
     raise CheckpointError(f"{str(config_path)!r} is neither tessera's, timm's nor transformers' config")
+
+
+def push_to_hub(
+    model: nn.Module,
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload tessera model",
+    api: Any = None,
+) -> str:
+    """Publish `model.save_pretrained(...)` (model.safetensors + config.json) to the Hub as `repo_id`.
+
+    Returns the `hf-hub:` name that loads it back. `api` is a `huggingface_hub.HfApi` (one
+    with the default endpoint and token when None).
+
+    Raises:
+        ValueError: HF_HUB_OFFLINE is set, or repo_id is not 'org/name'.
+    """
+    import tempfile
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+    if _offline():
+        raise ValueError(f"cannot publish {repo_id}: HF_HUB_OFFLINE is set")
+    if api is None:
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = model.save_pretrained(Path(tmp) / "export")
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    return f"{HUB_PREFIX}{repo_id}"
