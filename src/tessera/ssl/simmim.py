@@ -17,8 +17,6 @@ as the official generator and transformers' `bool_masked_pos` do.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 

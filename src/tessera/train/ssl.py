@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from tessera.eval.knn import knn_scores
 from tessera.ssl.dino import teacher_momentum, teacher_temperature
-from tessera.ssl.multicrop import MultiCrop, jitter, random_resized_crops
+from tessera.ssl.multicrop import MultiCrop, random_resized_crops
 from tessera.train.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
