@@ -346,7 +346,9 @@ class CoCa(TesseraModel):
         for child in self.children():
             if child is not self.encoder:  # the encoder keeps its own initialisation
                 child.apply(_init_linear)
-        nn.init.normal_(self.token_embed.weight, std=0.02)
+        # std D^-1/2, not GPT-2's 0.02: with the tied output and a small D, 0.02 gives logits of
+        # std 0.02 sqrt(D) ~ 0.1 and the captioner learns ~3x slower (digits: CE 1.9 vs 0.8 after 76 steps).
+        nn.init.normal_(self.token_embed.weight, std=D**-0.5)
 
     # ------------------------------------------------------------ shapes and checks
     @property
