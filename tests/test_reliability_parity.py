@@ -58,3 +58,33 @@ def test_full_size_transformers_checkpoint_gives_the_peers_logits(cls_name, cfg_
     # a value the user sets is kept (and then the logits differ measurably)
     other = tessera.create_model(name, num_classes=10, checkpoint=tmp_path / "hf", norm_eps=1e-5).eval()
     assert other.config.norm_eps == 1e-5 and (other(x) - ref).abs().max().item() > 1e-4
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_full_size_swin_tiny_gives_the_peers_logits(tmp_path):
+    config = transformers.SwinConfig(num_labels=10)  # Swin-T: 96, (2, 2, 6, 2), window 7, 224 px
+    assert config.embed_dim == 96 and tuple(config.depths) == (2, 2, 6, 2)
+    hf = _sharpen(transformers.SwinForImageClassification(config))
+    hf.save_pretrained(tmp_path / "hf")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    ours = tessera.create_model("swin_tiny_patch4_window7_224", num_classes=10, checkpoint=tmp_path / "hf").eval()
+    assert (ours(x) - hf(x).logits).abs().max().item() < 1e-4
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_full_size_ddpm_cifar10_unet_gives_the_peers_output(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    from tessera.diffusion.convert import to_diffusers_config
+
+    ours_cfg = tessera.create_model("unet_ddpm_cifar10").config  # Ho et al.'s 35.7M UNet
+    ref = diffusers.UNet2DModel(**to_diffusers_config(ours_cfg))
+    g = torch.Generator().manual_seed(0)
+    for p in ref.parameters():
+        p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    ref.eval().save_pretrained(tmp_path / "diffusers")  # a diffusers folder: diffusion_pytorch_model.safetensors
+    ours = tessera.create_model("unet_ddpm_cifar10", checkpoint=tmp_path / "diffusers").eval()
+    x, t = torch.randn(2, 3, 32, 32, generator=g), torch.tensor([3, 777])
+    expected = ref(x, t).sample
+    assert (ours(x, t) - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())

@@ -36,6 +36,9 @@ _FOLDER_FILES = (
     "model.safetensors.index.json",
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
+    "diffusion_pytorch_model.safetensors",  # diffusers' model folders
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin",
 )
 # Wrappers that training scripts put around the weights (official Swin: "model").
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state")
