@@ -86,7 +86,7 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     mid = _final(tmp_path / "cut")
     assert mid["global_step"] == 12 and mid["epoch"] == 1  # step 12 = 3 batches into the second epoch
-    assert mid["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3}]
+    assert mid["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [{"epoch": 1, "batches": 3, "batch_size": 128}]
 
     resumed = _run(tmp_path, _argv(tmp_path / "cut", "--ckpt_path", "last"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
