@@ -313,7 +313,10 @@ class FiniteLossCheck(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         if str(trainer.precision).startswith("16"):
             return  # the grad scaler skips non-finite steps and lowers its scale: that is expected there
-        bad = [n for n, p in pl_module.named_parameters() if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
+        # one reduction and one host sync per step (a sync per parameter would stall a GPU)
+        ok = not grads or bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all())
+        bad = [] if ok else [n for n, g in grads if not bool(torch.isfinite(g).all())]
         names = f"{bad[:4]}{' ...' if len(bad) > 4 else ''}"
         self._stop(trainer, bool(bad), f"gradient is NaN or inf in {len(bad)} parameter(s) {names}")
 
