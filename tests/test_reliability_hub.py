@@ -108,3 +108,15 @@ def test_push_to_hub_uploads_a_folder_that_loads_back_by_its_hub_name(tmp_path, 
     assert torch.equal(back(x), model(x))
     with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
         push_to_hub(model, "me/tiny", api=FakeApi())
+
+
+def test_create_model_takes_hub_names(offline):
+    """The public entry point, as timm users write it: tessera.create_model("hf-hub:org/name")."""
+    model = tessera.create_model("vit_base_patch16_224", **TINY_VIT).eval()
+    model.save_pretrained(_snapshot(offline, "someone/tiny-vit"))
+    back = tessera.create_model("hf-hub:someone/tiny-vit").eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        tessera.create_model("hf-hub:someone/tiny-vit", checkpoint="elsewhere")

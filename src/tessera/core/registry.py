@@ -166,7 +166,9 @@ def create_model(
     """Build a registered model of any kind, optionally loading weights from `checkpoint`.
 
     Args:
-        name: a registered name (`list_models()`), e.g. 'swin_tiny_patch4_window7_224'.
+        name: a registered name (`list_models()`), e.g. 'swin_tiny_patch4_window7_224', or
+            'hf-hub:org/name' for a repository in the Hugging Face cache (tessera, timm or
+            transformers layout; `tessera.io.hub`).
         num_classes: classifier width; 0 gives a model without head. When it
             differs from the checkpoint's, the checkpoint's head is dropped
             (fine-tuning, as in timm).
@@ -176,7 +178,13 @@ def create_model(
         **overrides: config fields of the model family (a misspelt one raises).
     """
     from tessera.io.checkpoint import load_checkpoint, read_tessera_config
+    from tessera.io.hub import create_model_from_hub, is_hub_name
 
+    if is_hub_name(name):
+        if checkpoint is not None:
+            raise ValueError(f"{name!r} names its own weights; pass no checkpoint")
+        extra = {k: v for k, v in (("num_classes", num_classes), ("img_size", img_size)) if v is not None}
+        return create_model_from_hub(name, **extra, **overrides)
     builder = get_builder(name)
     kwargs: dict = {}
     head_from_user = num_classes is not None
