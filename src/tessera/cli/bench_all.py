@@ -13,6 +13,7 @@ SCRIPTS = {
     "bench_vit.py": ["--quick"],
     "bench_diffusion.py": ["--quick"],
     "bench_engine.py": ["--steps", "2", "--warmup", "1"],
+    "bench_train.py": ["--quick"],
 }
 
 

@@ -1,0 +1,121 @@
+"""Training throughput (forward + backward + AdamW step, img/s) of tessera against the peers, one run.
+
+    python benchmarks/bench_train.py                   # Swin-T and ViT-S/16, batch 32, fp32 (+ bf16 autocast where
+                                                       # the CPU has bf16 arithmetic)
+    python benchmarks/bench_train.py --quick           # small models, a smoke run
+
+The same plain PyTorch loop (AdamW, cross-entropy) drives every model, on the
+same random batches, interleaved in rounds so that a shared machine's noise hits
+all alike. Peers: transformers' SwinForImageClassification / ViTForImageClassification
+(always), and timm where it imports (it needs torchvision; put a timm without its
+dependencies on PYTHONPATH to include it). Peak memory is the growth of the
+process's maximum resident set across each model's first steps, measured in a
+fresh process per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import print_table  # noqa: E402
+
+CHILD = r"""
+import json, resource, sys, time, torch
+import torch.nn.functional as F
+lib, key, batch, steps, dtype, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6])
+torch.manual_seed(0)
+SPECS = {
+  "swin_t": dict(tessera=("swin_tiny_patch4_window7_224", {}), timm="swin_tiny_patch4_window7_224",
+                 hf=("SwinForImageClassification", "SwinConfig", dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, patch_size=4))),
+  "vit_s16": dict(tessera=("vit_small_patch16_224", {}), timm="vit_small_patch16_224",
+                  hf=("ViTForImageClassification", "ViTConfig", dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, patch_size=16))),
+  "swin_quick": dict(tessera=("swin_tiny_patch4_window7_224", dict(embed_dim=32, depths=(1, 1), num_heads=(1, 2))), timm=None,
+                     hf=("SwinForImageClassification", "SwinConfig", dict(embed_dim=32, depths=[1, 1], num_heads=[1, 2], window_size=7, patch_size=4))),
+  "vit_quick": dict(tessera=("vit_small_patch16_224", dict(depth=2)), timm=None,
+                    hf=("ViTForImageClassification", "ViTConfig", dict(hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=1536, patch_size=16))),
+}
+spec = SPECS[key]
+if lib == "tessera":
+    import tessera
+    name, kw = spec["tessera"]
+    model = tessera.create_model(name, img_size=size, num_classes=1000, **kw)
+    fwd = model
+elif lib == "timm":
+    import timm
+    model = timm.create_model(spec["timm"], num_classes=1000)
+    fwd = model
+else:
+    import transformers
+    cls, cfg, fields = spec["hf"]
+    model = getattr(transformers, cls)(getattr(transformers, cfg)(image_size=size, num_labels=1000, **fields))
+    fwd = lambda x: model(pixel_values=x).logits
+model.train()
+opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
+ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else (lambda: torch.autocast("cpu", enabled=False))
+def step():
+    with ctx():
+        loss = F.cross_entropy(fwd(x).float(), y)
+    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+step()
+times = []
+for _ in range(steps):
+    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"img_s": batch / min(times), "mem_mib": (peak - base) / 1024}))
+"""
+
+
+def run(lib: str, key: str, batch: int, steps: int, dtype: str, size: int) -> dict | None:
+    """One model's best step rate and memory growth, in a fresh process; None if the library is missing."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, lib, key, str(batch), str(steps), dtype, str(size)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        if "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr:
+            return None
+        raise RuntimeError(f"{lib} {key} {dtype} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tessera.hardware import cpu_info
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=None)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per model (the best is reported)")
+    p.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16"])
+    p.add_argument("--quick", action="store_true", help="small models, batch 4, 1 step: a smoke run")
+    args = p.parse_args(argv)
+    models = args.models or (["swin_quick", "vit_quick"] if args.quick else ["swin_t", "vit_s16"])
+    batch, steps = (4, 1) if args.quick else (args.batch, args.steps)
+    dtypes = args.dtypes or (["fp32", "bf16"] if cpu_info().bf16_arithmetic else ["fp32"])
+    size = 224
+    rows = []
+    for key in models:
+        for dtype in dtypes:
+            results = {lib: run(lib, key, batch, steps, dtype, size) for lib in ("tessera", "transformers", "timm")}
+            peers = {k: v for k, v in results.items() if k != "tessera" and v is not None}
+            best = max(peers.values(), key=lambda r: r["img_s"]) if peers else None
+            for lib, r in results.items():
+                if r is None:
+                    continue
+                rows.append({"model": key, "dtype": dtype, "library": lib, "img/s": f"{r['img_s']:.2f}",
+                             "vs fastest peer": f"{r['img_s'] / best['img_s']:.2f}x" if best else "-",
+                             "peak MiB": f"{r['mem_mib']:.0f}"})
+    print(f"# training step (AdamW), batch {batch}, {size} px, {torch.get_num_threads()} threads, {cpu_info().model}")
+    print_table(rows, ["model", "dtype", "library", "img/s", "vs fastest peer", "peak MiB"],
+                f"training, batch {batch}, {steps} timed steps")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
