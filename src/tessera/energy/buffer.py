@@ -45,16 +45,19 @@ class ReplayBuffer(nn.Module):
             raise ValueError(f"need low < high for the noise range, got {low}, {high}")
         self.shape, self.low, self.high, self.reinit_prob = tuple(shape), float(low), float(high), float(reinit_prob)
         g = torch.Generator().manual_seed(seed)
-        self.register_buffer("samples", self.noise(capacity, g))  # (N, *shape), saved with the run
+        self.register_buffer("samples", self._uniform(capacity, g))  # (N, *shape), saved with the run
 
     @property
     def capacity(self) -> int:
         return self.samples.shape[0]
 
+    def _uniform(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """(n, *shape) uniform on [low, high], on the CPU (where the generator lives)."""
+        return self.low + (self.high - self.low) * torch.rand((n, *self.shape), generator=generator)
+
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """n fresh starts, uniform on [low, high]: (n, *shape)."""
-        u = torch.rand((n, *self.shape), generator=generator)
-        return (self.low + (self.high - self.low) * u).to(self.samples.device if hasattr(self, "samples") else "cpu")
+        """n fresh starts, uniform on [low, high]: (n, *shape) on the buffer's device."""
+        return self._uniform(n, generator).to(self.samples.device)
 
     @torch.no_grad()
     def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
