@@ -92,3 +92,18 @@ def test_bad_configs_are_clear_errors():
         SwinV2Config(depths=(2, 2))
     with pytest.raises(ValueError, match="fast path"):
         tessera.create_model("swinv2_tiny_window8_256", **TINY).set_fast_path(True)
+
+
+@pytest.mark.slow
+def test_full_size_swinv2_tiny_gives_the_transformers_logits(tmp_path):
+    from transformers import Swinv2Config, Swinv2ForImageClassification
+
+    torch.manual_seed(0)
+    cfg = Swinv2Config(image_size=256, window_size=8, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                       num_labels=1000)
+    hf = Swinv2ForImageClassification(cfg).eval()
+    hf.save_pretrained(tmp_path)
+    ours = tessera.create_model("swinv2_tiny_window8_256", checkpoint=tmp_path).eval()
+    x = torch.randn(1, 3, 256, 256)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), hf(pixel_values=x).logits, rtol=0, atol=1e-4)
