@@ -6,7 +6,7 @@
   loads at size 109), named by `emoji-test.txt` of Debian's `unicode-data`
   ("grinning face with big eyes", group "Smileys & Emotion", subgroup
   "face-smiling"). Fully-qualified emoji of the 9 groups other than "Component";
-  skin-tone variants are left out by default (1,872 images; 3,655 with them).
+  skin-tone variants are left out by default (1,870 images at Unicode 15.0).
   Rendered once and cached as a tensor file. The split is fixed by a seed and
   keeps at least one emoji of every subgroup in train.
 
@@ -74,7 +74,7 @@ def parse_emoji_test(path: str | Path = EMOJI_TEST, skin_tones: bool = False) ->
 
     Args:
         path: emoji-test.txt (`dpkg -L unicode-data` shows where).
-        skin_tones: keep the variants whose name has 'skin tone' (3,655 vs 1,872 at Unicode 15.0).
+        skin_tones: keep the variants whose name has "skin tone".
     """
     path = Path(path)
     if not path.is_file():
@@ -353,7 +353,7 @@ class EmojiCaptionsDataModule(CaptionDataModule):
     """Noto colour emoji captioned by their Unicode names; labels are the group (9) or subgroup.
 
     Args: as `DigitCaptionsDataModule`, plus
-        label: 'group' (9 classes) or 'subgroup' (98 outside 'Component').
+        label: 'group' (9 classes) or 'subgroup' (99 outside 'Component').
         skin_tones: keep the skin-tone variants.
         font_path / emoji_test_path: where the Debian packages put the font and emoji-test.txt.
         cache_dir: where rendered images are cached (default `default_cache_dir()`).
