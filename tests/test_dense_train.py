@@ -104,9 +104,8 @@ def test_segmentation_run_killed_mid_epoch_resumes_exactly(tmp_path):
     killed = _run(tmp_path, cut + ["--trainer.callbacks+=killer.KillAtStep", "--trainer.callbacks.step=5"])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     mid = torch.load(tmp_path / "cut" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert mid["global_step"] == 4 and mid["loops"]["fit_loop"]["state_dict"]["combined_loader"] == [
-        {"epoch": 1, "batches": 1}
-    ]
+    (loader,) = mid["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    assert mid["global_step"] == 4 and (loader["epoch"], loader["batches"]) == (1, 1)
     resumed = _run(tmp_path, cut + ["--ckpt_path", "last"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a = torch.load(tmp_path / "ref" / "checkpoints" / "last.ckpt", weights_only=True)
