@@ -6,9 +6,11 @@ evaluation (grid likelihood, KDE, MMD, ESS, AUROC) and Heeger-Bergen texture syn
     res.x, res.acceptance
 
     model = tessera.create_model("ebm_mlp_2d")     # kind "energy": model.energy(x) -> (B,)
+    synthesize_texture(texture, size=256, iters=5).image   # Heeger-Bergen, (C, 256, 256), tileable
 """
 
 from tessera.energy.buffer import ReplayBuffer
+from tessera.energy.evaluate import auroc, grid_log_likelihood, mmd2
 from tessera.energy.models import (
     ConvEnergy,
     ConvEnergyConfig,
@@ -28,9 +30,16 @@ from tessera.energy.samplers import (
     energy_and_grad,
     evaluate_energy,
 )
+from tessera.energy.texture import LaplacianPyramid, SteerablePyramid, synthesize_texture
 
 __all__ = [
     "ChainDivergedError",
+    "LaplacianPyramid",
+    "SteerablePyramid",
+    "auroc",
+    "grid_log_likelihood",
+    "mmd2",
+    "synthesize_texture",
     "ConvEnergy",
     "ConvEnergyConfig",
     "LangevinSampler",
