@@ -27,11 +27,12 @@ def info_main(argv: list[str]) -> int:
     print(f"{'model':44s} {'kind':>10s} {'input':>11s} {'params':>9s} {'no head':>9s} {'MACs':>9s}")
     for name in names:
         model = tessera.create_model(name, img_size=args.img_size)
-        c, h, w = model.input_size
+        size = tuple(model.input_size)  # (C, H, W) for images, (D,) for points (2-D energy models)
         kind = tessera.model_kinds(name)[0]
-        params, macs = tessera.profile(model, (c, h, w) if kind in ("classifier", "encoder", "dense") else None)
+        params, macs = tessera.profile(model, size if kind in ("classifier", "encoder", "dense") else None)
         body = model.num_params(exclude_head=True)
-        print(f"{name:44s} {kind:>10s} {f'{c}x{h}x{w}':>11s} {params / 1e6:8.2f}M {body / 1e6:8.2f}M {macs / 1e9:8.2f}G")
+        shape = "x".join(map(str, size))
+        print(f"{name:44s} {kind:>10s} {shape:>11s} {params / 1e6:8.2f}M {body / 1e6:8.2f}M {macs / 1e9:8.2f}G")
     return 0
 
 
