@@ -41,6 +41,26 @@ def test_swinv2_transfer_quick_trains_both_and_evaluates_at_the_larger_window(tm
     assert isinstance(result["claim_holds"], bool)
 
 
+def test_transfer_evaluation_rebuilds_the_data_of_a_config(tmp_path, monkeypatch):
+    """The Fashion-MNIST config's augment arrives as a dict; evaluation must build it (a bug of the first full run)."""
+    from tessera.experiments import swinv2_transfer
+    from tessera.experiments.common import fashion_data
+
+    seen = {}
+
+    class FakeIDX:
+        def __init__(self, **kw):
+            seen.update(kw)
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr("tessera.data.idx.IDXDataModule", FakeIDX)
+    with pytest.raises(RuntimeError, match="stop here"):
+        swinv2_transfer.evaluate(tmp_path, "swinv2_tiny_window8_256", {}, fashion_data(32, 64, 100), 64)
+    from tessera.data import Augment
+
+    assert isinstance(seen["augment"], Augment) and seen["img_size"] == 64
+
+
 def test_bad_arguments_are_clear_errors(capsys):
     assert main(["reproduce", "scaling", "--seeds", "0"]) == 2
     assert "--seeds must be >= 1" in capsys.readouterr().err

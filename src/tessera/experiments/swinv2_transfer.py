@@ -28,8 +28,13 @@ def evaluate(run_dir: Path, name: str, overrides: dict, data: dict, size: int) -
     from tessera.data import DigitsDataModule
     from tessera.data.idx import IDXDataModule
 
+    from tessera.data import Augment
+
     cls = DigitsDataModule if data["class_path"].endswith("DigitsDataModule") else IDXDataModule
-    dm = cls(**{**data["init_args"], "img_size": size})
+    args = dict(data["init_args"])
+    if isinstance(args.get("augment"), dict):  # as a config gives it
+        args["augment"] = Augment(**args["augment"])
+    dm = cls(**{**args, "img_size": size})
     dm.setup("test")
     model = tessera.create_model(name, checkpoint=run_dir, img_size=size, **overrides).eval()
     correct = total = 0
