@@ -148,3 +148,15 @@ def test_family_packages_never_import_the_engine_or_the_cli():
             if bad:
                 offenders.append(f"{path.relative_to(SRC)}: {sorted(bad)}")
     assert not offenders, offenders
+
+
+def test_sample_hands_a_latent_diffusion_run_to_sample_ldm(tmp_path, monkeypatch):
+    import tessera.cli.ldm as ldm
+    from tessera.cli import main
+
+    (tmp_path / "ldm.json").write_text("{}")
+    seen = []
+    monkeypatch.setattr(ldm, "sample_ldm", lambda argv: seen.append(argv) or 0)
+    argv = ["--checkpoint", str(tmp_path), "--class", "3", "--guidance", "3"]
+    assert main(["sample", *argv]) == 0
+    assert seen == [argv]

@@ -34,8 +34,21 @@ def _check_writable_dir(folder: Path, flag: str, shown: str | None = None) -> No
         raise ValueError(f"{flag} {shown or str(folder)!r}: cannot write into {str(existing)!r} (not a writable folder)")
 
 
+def _ldm_run(argv: list[str]) -> bool:
+    """Whether --checkpoint names a latent diffusion run (its export holds ldm.json)."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--checkpoint=") else (argv[i + 1] if arg == "--checkpoint" and i + 1 < len(argv) else None)
+        if value is not None:
+            return (Path(value) / "ldm.json").is_file()
+    return False
+
+
 def sample(argv: list[str]) -> int:
-    """draw images from a trained diffusion run into a PNG grid"""
+    """draw images from a trained diffusion run (pixel or latent: --class/--prompt, --guidance) into a PNG grid"""
+    if _ldm_run(argv):  # a latent diffusion run: its own options (guidance, prompts)
+        from tessera.cli.ldm import sample_ldm
+
+        return sample_ldm(argv)
     p = argparse.ArgumentParser(prog="tessera sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run folder written by `tessera fit` (or RUN/best)")
     p.add_argument("--num", type=int, default=64, help="number of images")
