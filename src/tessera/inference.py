@@ -154,6 +154,7 @@ def optimize_for_inference(
         if isinstance(module, Mlp) and type(module.act) is nn.GELU and module.act.approximate == "none":
             module.fc1 = InferenceLinear(module.fc1, "gelu", matmul_dtype)
             module.act = nn.Identity()  # now inside fc1
+            module.act_in_place = None
         if isinstance(module, WindowAttention):
             module.matmul_dtype = matmul_dtype
         for name, child in module.named_children():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -15,6 +18,9 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = nn.GELU()
+        # The same activation applied in place, used at inference on fc1's fresh output (one 4C-wide
+        # tensor instead of two); None turns it off (tessera.inference fuses GELU into fc1 instead).
+        self.act_in_place: Callable[[Tensor], Tensor] | None = functools.partial(torch.ops.aten.gelu_, approximate="none")
         self.drop1 = nn.Dropout(drop)
         self.fc2 = nn.Linear(hidden_features, out_features or in_features)
         self.drop2 = nn.Dropout(drop)
@@ -22,9 +28,9 @@ class Mlp(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
         h = self.fc1(x)
-        if not torch.is_grad_enabled() and type(self.fc1) is nn.Linear and type(self.act) is nn.GELU:
-            # inference: GELU over fc1's fresh output in place, instead of a second 4C-wide tensor
-            h = torch.ops.aten.gelu_(h, approximate=self.act.approximate)
+        fresh = h.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()  # never overwrite the input
+        if self.act_in_place is not None and fresh and not torch.is_grad_enabled():
+            h = self.act_in_place(h)
         else:
             h = self.act(h)
         return self.drop2(self.fc2(self.drop1(h)))
