@@ -66,3 +66,23 @@ def test_not_a_dinov2_folder(tmp_path):
     hf.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="not DINOv2"):
         load_dinov2_transformers(tmp_path)
+
+
+def test_create_model_reads_a_dinov2_folder_through_the_vit_converter(tmp_path):
+    """The public entry point: the ViT family's converter recognises the layout; register tokens
+    have no position, so a larger model's grid is resampled past CLS only."""
+    import tessera
+
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2WithRegistersConfig(**SMALL, num_register_tokens=4, layerscale_value=1e-5)
+    hf = transformers.Dinov2WithRegistersModel(cfg).eval()
+    _randomise(hf)
+    hf.save_pretrained(tmp_path)
+    reference = load_dinov2_transformers(tmp_path)
+    kw = {k: v for k, v in vars(reference.config).items() if k not in ("img_size", "num_classes")}
+    ours = tessera.create_model("vit_small_patch16_224", checkpoint=tmp_path, num_classes=0, img_size=32, **kw).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.forward_tokens(x), hf(pixel_values=x).last_hidden_state, rtol=1e-4, atol=1e-4)
+        bigger = tessera.create_model("vit_small_patch16_224", checkpoint=tmp_path, num_classes=0, img_size=48, **kw)
+        assert bigger.pos_embed.shape[1] == 1 + 12 * 12

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from tessera.io.convert import StateDict, register_converter
 from tessera.io.convert.common import fit_pos_grid, fit_rel_pos_table, fuse_qkv, saved_patch_grid
+from tessera.io.convert.dinov2 import convert_dinov2_state, is_dinov2_state
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,8 @@ def _fit_positions(state: StateDict, model: nn.Module, source_config: dict | Non
         # A fixed sine-cosine grid stored by timm as a frozen parameter: ours is derived.
         state = {k: v for k, v in state.items() if k != "pos_embed"}
     elif pe is not None and pe.ndim == 3 and pe.shape[-1] == own["pos_embed"].shape[-1]:
-        state = dict(state, pos_embed=fit_pos_grid(pe, grid, model.num_prefix_tokens, saved_grid))
+        # Register tokens have no position: only CLS / distillation entries precede the grid.
+        state = dict(state, pos_embed=fit_pos_grid(pe, grid, model.num_pos_prefix_tokens, saved_grid))
     for key in [k for k in state if k.endswith("rel_pos_bias.table")]:
         table = state[key]
         if key in own and table.ndim == 2 and table.shape[1] == own[key].shape[1]:
@@ -129,7 +131,9 @@ def _fit_positions(state: StateDict, model: nn.Module, source_config: dict | Non
 @register_converter("vit")
 def convert_vit(state: StateDict, model: nn.Module, source_config: dict | None = None) -> StateDict:
     """timm / transformers / tessera ViT or DeiT weights -> tessera's layout for `model`."""
-    if any(k.endswith(_HF_MARK) for k in state):
+    if is_dinov2_state(state):  # transformers' Dinov2Model / Dinov2WithRegistersModel
+        state = convert_dinov2_state(state, model.state_dict())
+    elif any(k.endswith(_HF_MARK) for k in state):
         state = _from_transformers(state, model)
     return _fit_positions(state, model, source_config)
 
