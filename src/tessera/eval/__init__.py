@@ -1,5 +1,8 @@
-"""Metrics as plain functions (no training engine, no CLI): Fréchet distance, ..."""
+"""Metrics as plain functions (no training engine, no CLI): Fréchet distance, k-NN and probes,
+retrieval and captioning scores, segmentation and depth errors."""
 
+from tessera.eval.captioning import bleu4, exact_match, token_f1
+from tessera.eval.dense import depth_errors, mean_iou, pixel_accuracy, segmentation_scores
 from tessera.eval.frechet import (
     classifier_features,
     feature_stats,
@@ -7,5 +10,28 @@ from tessera.eval.frechet import (
     frechet_distance_features,
     sqrtm_psd,
 )
+from tessera.eval.knn import extract_features, knn_accuracy
+from tessera.eval.probe import fine_tune, linear_probe
+from tessera.eval.retrieval import recall_at_k, retrieval_recall, zero_shot_accuracy
 
-__all__ = ["classifier_features", "feature_stats", "frechet_distance", "frechet_distance_features", "sqrtm_psd"]
+__all__ = [
+    "bleu4",
+    "classifier_features",
+    "depth_errors",
+    "exact_match",
+    "extract_features",
+    "feature_stats",
+    "fine_tune",
+    "frechet_distance",
+    "frechet_distance_features",
+    "knn_accuracy",
+    "linear_probe",
+    "mean_iou",
+    "pixel_accuracy",
+    "recall_at_k",
+    "retrieval_recall",
+    "segmentation_scores",
+    "sqrtm_psd",
+    "token_f1",
+    "zero_shot_accuracy",
+]
