@@ -225,3 +225,11 @@ def test_registry_names():
 def test_profile_matches_paper(name, params, macs):
     p, m = tessera.profile(tessera.create_model(name), (3, *[int(name[-3:])] * 2))
     assert abs(p / params - 1) < 0.02 and abs(m / macs - 1) < 0.02, (p, m)
+
+
+def test_a_checkpoint_without_mask_token_loads_into_a_model_with_one(tmp_path):
+    plain = vit(depth=1)
+    plain.save_pretrained(tmp_path)
+    masked = tessera.create_model("vit_base_patch16_224", checkpoint=tmp_path, use_mask_token=True)
+    torch.testing.assert_close(masked.pos_embed, plain.pos_embed)
+    assert masked.mask_token is not None
