@@ -22,7 +22,6 @@ The layout converts to and from diffusers' UNet2DConditionModel (`ldm_convert`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tessera.core.base import TesseraModel, replace_config
 from tessera.core.registry import register_model
-from tessera.diffusion.unet import Downsample, ResBlock, Upsample
+from tessera.diffusion.unet import Downsample, ResBlock, TimeEmbedding, Upsample, timestep_embedding
 from tessera.layers import Attention, CrossAttention, check_image_batch
 
 __all__ = [
@@ -122,31 +121,13 @@ def sd_timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> T
 
     diffusers' `Timesteps(dim, flip_sin_to_cos=True, downscale_freq_shift=0)`; DDPM's
     `tessera.diffusion.unet.timestep_embedding` divides by dim/2 - 1 and puts sin first.
-
-    Args:
-        t: (B,) timesteps.
-        dim: even embedding width.
-
-    Returns:
-        (B, dim) float32.
     """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None, :]                          # (B, dim/2)
-    return torch.cat([angles.cos(), angles.sin()], dim=-1)                # (B, dim)
+    return timestep_embedding(t, dim, max_period, freq_shift=0.0, flip_sin_to_cos=True)
 
 
-class SDTimeEmbedding(nn.Module):
-    """temb = W2 SiLU(W1 sd_sinusoid(t)): (B,) -> (B, time_dim)."""
-
-    def __init__(self, dim: int, time_dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-        self.fc1 = nn.Linear(dim, time_dim)
-        self.fc2 = nn.Linear(time_dim, time_dim)
-
-    def forward(self, t: Tensor) -> Tensor:
-        return self.fc2(F.silu(self.fc1(sd_timestep_embedding(t, self.dim))))
+def SDTimeEmbedding(dim: int, time_dim: int) -> TimeEmbedding:  # noqa: N802 (a configured module)
+    """temb = W2 SiLU(W1 sd_sinusoid(t)): the DDPM time MLP on Stable Diffusion's sinusoid."""
+    return TimeEmbedding(dim, time_dim, freq_shift=0.0, flip_sin_to_cos=True)
 
 
 class GEGLU(nn.Module):

@@ -105,8 +105,13 @@ class UNetConfig:
         return 4 * self.widths[0]
 
 
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
-    """DDPM's sinusoidal embedding of t: [sin(t w_k), cos(t w_k)], w_k = max_period^(-k / (dim/2 - 1)).
+def timestep_embedding(
+    t: Tensor, dim: int, max_period: float = 10000.0, freq_shift: float = 1.0, flip_sin_to_cos: bool = False
+) -> Tensor:
+    """Sinusoidal embedding of t: [sin(t w_k), cos(t w_k)], w_k = max_period^(-k / (dim/2 - freq_shift)).
+
+    DDPM's is freq_shift=1, sin first; Stable Diffusion's (diffusers' `flip_sin_to_cos=True,
+    freq_shift=0`) puts cos first.
 
     Args:
         t: (B,) timesteps (integers or floats).
@@ -116,17 +121,19 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
         (B, dim) float32.
     """
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1))
+    exponent = torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    freqs = torch.exp(-math.log(max_period) * exponent)
     angles = t.float()[:, None] * freqs[None, :]                          # (B, dim/2)
-    return torch.cat([angles.sin(), angles.cos()], dim=-1)                # (B, dim)
+    sin, cos = angles.sin(), angles.cos()
+    return torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)  # (B, dim)
 
 
 class TimeEmbedding(nn.Module):
-    """temb = W2 SiLU(W1 sinusoid(t)): (B,) -> (B, time_dim)."""
+    """temb = W2 SiLU(W1 sinusoid(t)): (B,) -> (B, time_dim); the sinusoid's options as `timestep_embedding`."""
 
-    def __init__(self, dim: int, time_dim: int) -> None:
+    def __init__(self, dim: int, time_dim: int, freq_shift: float = 1.0, flip_sin_to_cos: bool = False) -> None:
         super().__init__()
-        self.dim = dim
+        self.dim, self.freq_shift, self.flip_sin_to_cos = dim, freq_shift, flip_sin_to_cos
         self.fc1 = nn.Linear(dim, time_dim)
         self.fc2 = nn.Linear(time_dim, time_dim)
 
@@ -134,8 +141,8 @@ class TimeEmbedding(nn.Module):
         """t: (B,) -> (B, time_dim)."""
         # The sinusoid is computed in float32 (t up to 1000 times frequencies near 1 needs the mantissa),
         # then cast to the weights' dtype so that a bf16 / fp16 UNet runs.
-        emb = timestep_embedding(t, self.dim).to(self.fc1.weight.dtype)
-        return self.fc2(F.silu(self.fc1(emb)))
+        emb = timestep_embedding(t, self.dim, freq_shift=self.freq_shift, flip_sin_to_cos=self.flip_sin_to_cos)
+        return self.fc2(F.silu(self.fc1(emb.to(self.fc1.weight.dtype))))
 
 
 class ResBlock(nn.Module):
