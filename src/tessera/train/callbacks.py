@@ -32,6 +32,12 @@ def task_network(pl_module: L.LightningModule) -> nn.Module:
     return model if isinstance(model, nn.Module) else pl_module
 
 
+def datamodule_of(pl_module: L.LightningModule) -> Any:
+    """The DataModule of the trainer a task is attached to (None before fit or without one)."""
+    trainer = pl_module._trainer
+    return getattr(trainer, "datamodule", None) if trainer is not None else None
+
+
 def run_dir(trainer: L.Trainer) -> Path:
     """The run folder: the logger's folder when there is one, else `default_root_dir`."""
     logger = trainer.logger

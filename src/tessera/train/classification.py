@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tessera.data.transforms import MixupCutmix
-from tessera.train.callbacks import EMAHost
+from tessera.train.callbacks import EMAHost, datamodule_of
 from tessera.train.optim import adamw_warmup_cosine, param_groups, warmup_cosine  # noqa: F401  (re-exported)
 
 def topk_correct(logits: Tensor, y: Tensor, ks: tuple[int, ...]) -> list[Tensor]:
@@ -86,7 +86,7 @@ class ClassificationTask(EMAHost, L.LightningModule):
         """Arguments of `create_model`: explicit ones, then what the DataModule knows."""
         hp = self.hparams
         kw: dict[str, Any] = dict(hp.model_args or {})
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if hp.num_classes is not None:
             kw["num_classes"] = hp.num_classes
         for key in ("num_classes", "in_chans", "img_size"):
@@ -94,9 +94,6 @@ class ClassificationTask(EMAHost, L.LightningModule):
                 kw[key] = getattr(dm, key)
         return kw
 
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def configure_model(self) -> None:
         """Build the network (once) from the registry."""

@@ -22,7 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from tessera.train.callbacks import EMAHost, run_dir
+from tessera.train.callbacks import EMAHost, datamodule_of, run_dir
 from tessera.train.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,11 @@ class CoCaTask(EMAHost, L.LightningModule):
         self.test_results: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ model
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def model_kwargs(self) -> dict[str, Any]:
         """Arguments of `create_model`: explicit ones, then what the DataModule knows."""
         kw: dict[str, Any] = dict(self.hparams.model_args or {})
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if dm is not None and getattr(dm, "tokenizer", None) is not None:
             kw.setdefault("vocab_size", dm.tokenizer.vocab_size)
             kw.setdefault("context_length", dm.context_length)
@@ -136,7 +133,7 @@ class CoCaTask(EMAHost, L.LightningModule):
 
     def on_fit_start(self) -> None:
         """Keep the run's tokenizer beside its checkpoints (also in preprocess.json of the export)."""
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if self.trainer.is_global_zero and dm is not None and getattr(dm, "tokenizer", None) is not None:
             dm.tokenizer.save(run_dir(self.trainer) / "tokenizer.json")
 
@@ -166,7 +163,7 @@ class CoCaTask(EMAHost, L.LightningModule):
         self._eval = {}
         if self.trainer.world_size > 1:  # retrieval ranks every caption against every image
             parts = {k: v.flatten(0, 1) for k, v in self.all_gather(parts).items()}
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         metrics: dict[str, float] = dict(retrieval_recall(parts["image"], parts["text"]))
         results: dict[str, Any] = {}
         if dm is not None and getattr(dm, "tokenizer", None) is not None:

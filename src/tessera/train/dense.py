@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tessera.eval.dense import DepthMeter, SegmentationMeter
-from tessera.train.callbacks import EMAHost, run_dir
+from tessera.train.callbacks import EMAHost, datamodule_of, run_dir
 from tessera.train.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -85,9 +85,6 @@ class DenseTask(EMAHost, L.LightningModule):
         self.test_scores: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ model
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def configure_model(self) -> None:
         """Build the network from the registry; segmentation width from the data unless given."""
@@ -99,7 +96,7 @@ class DenseTask(EMAHost, L.LightningModule):
         if "dense" not in model_kinds(hp.model_name):
             raise ValueError(f"DenseTask trains dense models; {hp.model_name!r} is a {model_kinds(hp.model_name)[0]}")
         kw: dict[str, Any] = dict(hp.model_args or {})
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if hp.num_classes is not None:
             kw["num_classes"] = hp.num_classes
         self.model = create_model(hp.model_name, checkpoint=hp.checkpoint, **kw)
@@ -122,7 +119,7 @@ class DenseTask(EMAHost, L.LightningModule):
 
     @property
     def ignore_index(self) -> int:
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         return int(getattr(dm, "ignore_index", 255)) if dm is not None else 255
 
     def forward(self, x: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from tessera.diffusion.samplers import DDIMSampler
 from tessera.diffusion.schedule import NoiseSchedule
 from tessera.core import create_model
 from tessera.diffusion.unet import UNet
-from tessera.train.callbacks import EMAHost
+from tessera.train.callbacks import EMAHost, datamodule_of
 from tessera.train.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,6 @@ class DiffusionTask(EMAHost, L.LightningModule):
         self.model: UNet | None = None
 
     # ------------------------------------------------------------------ model
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def configure_model(self) -> None:
         """Build the UNet (once); in_chans and img_size come from the DataModule unless given."""
@@ -108,7 +105,7 @@ class DiffusionTask(EMAHost, L.LightningModule):
             return
         hp = self.hparams
         kw: dict[str, Any] = dict(hp.unet_args or {})
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         for key in ("in_chans", "img_size"):
             if key not in kw and dm is not None and getattr(dm, key, None):
                 kw[key] = getattr(dm, key)

@@ -34,7 +34,7 @@ import tessera
 from tessera.data.loader import sample_seed
 from tessera.energy.buffer import ReplayBuffer
 from tessera.energy.samplers import ChainDivergedError, SGLDSampler
-from tessera.train.callbacks import EMAHost, NonFiniteLossError
+from tessera.train.callbacks import EMAHost, NonFiniteLossError, datamodule_of
 from tessera.train.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,6 @@ class EnergyTask(EMAHost, L.LightningModule):
         self.data_range: tuple[float, float] = (-1.0, 1.0)
 
     # ------------------------------------------------------------------ model
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def configure_model(self) -> None:
         """Build the energy network and the replay buffer (shapes and ranges from the DataModule)."""
@@ -135,7 +132,7 @@ class EnergyTask(EMAHost, L.LightningModule):
             return
         hp = self.hparams
         kw: dict[str, Any] = dict(hp.model_args or {})
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         if dm is not None and hasattr(dm, "box"):  # points (Toy2DDataModule)
             self.is_points = True
             kw.setdefault("in_dim", dm.shape[0])
@@ -275,7 +272,7 @@ class EnergyTask(EMAHost, L.LightningModule):
         if self.is_points:
             from tessera.energy.evaluate import density_grid, plot_density_panels
 
-            dm = self._datamodule()
+            dm = datamodule_of(self)
             box = self.data_range
             with torch.no_grad():
                 model_d = density_grid(lambda p: -self.model.energy(p.to(self.device)).cpu(), box)

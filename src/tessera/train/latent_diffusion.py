@@ -31,7 +31,7 @@ from tessera.diffusion.images import save_grid
 from tessera.diffusion.latent import LatentDiffusion, first_stage_latents
 from tessera.diffusion.objectives import Prediction
 from tessera.diffusion.schedule import NoiseSchedule
-from tessera.train.callbacks import EMAHost
+from tessera.train.callbacks import EMAHost, datamodule_of
 from tessera.train.optim import param_groups, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -184,16 +184,13 @@ class LatentDiffusionTask(EMAHost, L.LightningModule):
         self.prompts: list[str] = []
 
     # ------------------------------------------------------------------ model
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def configure_model(self) -> None:
         """Build first stage, UNet and condition encoder (once); sizes come from the first stage and the data."""
         if self.model is not None:
             return
         hp = self.hparams
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         fs_args = dict(hp.first_stage_args or {})
         for key in ("img_size", "in_chans"):  # the data's, unless given
             if key not in fs_args and getattr(dm, key, None) and not isinstance(dm, LatentDataModule):
@@ -272,7 +269,7 @@ class LatentDiffusionTask(EMAHost, L.LightningModule):
         enc = self.model.cond_encoder
         if isinstance(enc, ClassEmbedder):
             return torch.arange(enc.num_classes).repeat_interleave(per_class)
-        tok = self._datamodule().tokenizer
+        tok = datamodule_of(self).tokenizer
         rows = tok.encode(self.prompts, enc.context_len)
         return rows.repeat_interleave(per_class, dim=0)
 

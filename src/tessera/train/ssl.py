@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tessera.eval.knn import knn_scores
 from tessera.ssl.dino import teacher_momentum, teacher_temperature
 from tessera.ssl.multicrop import MultiCrop, random_resized_crops
+from tessera.train.callbacks import datamodule_of
 from tessera.train.optim import adamw_warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,6 @@ class _SSLTask(L.LightningModule):
         super().__init__()
         self.model: nn.Module | None = None
 
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def model_kwargs(self) -> dict[str, Any]:
         """Wrapper overrides; the encoder's in_chans / img_size default to the DataModule's.
@@ -61,7 +59,7 @@ class _SSLTask(L.LightningModule):
         """
         kw: dict[str, Any] = dict(self.hparams.model_args or {})
         enc = dict(kw.get("encoder_args") or {})
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         for key in ("in_chans", "img_size"):
             if key not in enc and dm is not None and getattr(dm, key, None):
                 enc[key] = getattr(dm, key)

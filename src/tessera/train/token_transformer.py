@@ -25,7 +25,7 @@ from torch import Tensor
 from tessera.core.registry import create_model
 from tessera.diffusion.images import save_grid
 from tessera.generative import MultimodalLayout, TokenTransformer, generate, maskgit_sample, random_mask
-from tessera.train.callbacks import EMAHost, run_dir
+from tessera.train.callbacks import EMAHost, datamodule_of, run_dir
 from tessera.train.latent_diffusion import load_first_stage
 from tessera.train.optim import param_groups, warmup_cosine
 
@@ -79,15 +79,12 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
         self.layout: MultimodalLayout | None = None
         self.grid: tuple[int, int] = (0, 0)
 
-    def _datamodule(self) -> Any:
-        trainer = self._trainer
-        return getattr(trainer, "datamodule", None) if trainer is not None else None
 
     def configure_model(self) -> None:
         if self.model is not None:
             return
         hp = self.hparams
-        dm = self._datamodule()
+        dm = datamodule_of(self)
         fs_args = dict(hp.first_stage_args or {})
         for key in ("img_size", "in_chans"):
             if key not in fs_args and getattr(dm, key, None):
@@ -189,7 +186,7 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
             return
         g = torch.Generator().manual_seed(self.hparams.sample_seed)
         if self.layout is not None:
-            dm = self._datamodule()
+            dm = datamodule_of(self)
             rows = dm.tokenizer.encode(dm.class_prompts, dm.context_length).repeat_interleave(per, dim=0)
             codes = self.layout.text_to_image(self.model, rows, temperature=self.hparams.temperature,
                                               top_k=self.hparams.top_k, generator=g)
