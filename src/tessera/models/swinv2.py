@@ -34,6 +34,7 @@ from tessera.core.base import TesseraModel, replace_config
 from tessera.core.registry import register_model
 from tessera.layers import DropPath, Mlp, PatchEmbed, checkpointed, drop_path_rates, relative_position_index, to_2tuple
 from tessera.models.swin import SwinTransformer, shifted_window_attention, stage_window
+from tessera.models.swin import _init_weights  # the same official initialisation as Swin-V1
 
 LOGIT_SCALE_MAX = math.log(1.0 / 0.01)  # 1 / tau <= 100
 
@@ -318,17 +319,6 @@ class SwinTransformerV2(SwinTransformer):
     def no_weight_decay(self) -> set[str]:
         """The CPB MLP, the temperatures and the mask token train without weight decay (official)."""
         return {n for n, _ in self.named_parameters() if "cpb_mlp" in n or "logit_scale" in n or n == "mask_token"}
-
-
-def _init_weights(module: nn.Module) -> None:
-    """Truncated normal (std 0.02) linear weights, zero biases (the official initialisation)."""
-    if isinstance(module, nn.Linear):
-        nn.init.trunc_normal_(module.weight, std=0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
 
 
 # ---------------------------------------------------------------- registry
