@@ -58,7 +58,7 @@ def test_transfer_evaluation_rebuilds_the_data_of_a_config(tmp_path, monkeypatch
         swinv2_transfer.evaluate(tmp_path, "swinv2_tiny_window8_256", {}, fashion_data(32, 64, 100), 64)
     from tessera.data import Augment
 
-    assert isinstance(seen["augment"], Augment) and seen["img_size"] == 64
+    assert isinstance(seen["augment"], Augment) and seen["img_size"] == 32  # built at the training size
 
 
 def test_bad_arguments_are_clear_errors(capsys):

@@ -4,7 +4,9 @@ Both trained small at 32 px with 4 x 4 windows, then evaluated at 64 px with
 8 x 8 windows without fine-tuning: V1 with its relative-bias table resized
 bicubically (what loading a checkpoint into a larger window does), V2 with its
 continuous position bias evaluated at the new offsets (`pretrained_window_sizes`
-set to the training window). The claim holds when V2's accuracy drop is no
+set to the training window). The test images are the same ones, upsampled
+bilinearly (so the content is the same and each window covers half the image
+area it covered in training). The claim holds when V2's accuracy drop is no
 larger than V1's.
 """
 
@@ -34,12 +36,14 @@ def evaluate(run_dir: Path, name: str, overrides: dict, data: dict, size: int) -
     args = dict(data["init_args"])
     if isinstance(args.get("augment"), dict):  # as a config gives it
         args["augment"] = Augment(**args["augment"])
-    dm = cls(**{**args, "img_size": size})
+    dm = cls(**args)  # the training resolution; a larger test size upsamples the same images
     dm.setup("test")
     model = tessera.create_model(name, checkpoint=run_dir, img_size=size, **overrides).eval()
     correct = total = 0
     with torch.inference_mode():
         for x, y in dm.test_dataloader():
+            if x.shape[-1] != size:  # higher-resolution evaluation: same content, more tokens per window
+                x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
             correct += (model(x).argmax(-1) == y).sum().item()
             total += len(y)
     return correct / total
