@@ -1,6 +1,7 @@
 """`tessera reproduce`: the experiments run end to end in their quick form and write their tables."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +67,27 @@ def test_bad_arguments_are_clear_errors(capsys):
     assert "--seeds must be >= 1" in capsys.readouterr().err
     assert main(["reproduce", "scaling", "--epochs", "2"]) == 2
     assert "takes no --epochs" in capsys.readouterr().err
+
+
+_PEAK_CHILD = """
+import resource, torch
+from tessera.experiments.memory import peak_rss_growth_mib
+warm = torch.ones(64 << 18); del warm  # a 64 MiB peak before the call, as building a model makes
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+mib = peak_rss_growth_mib(lambda: torch.ones(32 << 18).sum())  # 32 MiB live inside the call
+print(mib, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
+def test_peak_memory_probe_sees_a_call_below_the_earlier_high_water_mark():
+    """The scaling table's memory column: a 32 MiB tensor inside the call is counted (ru_maxrss saw 0)."""
+    import subprocess
+    import sys
+
+    from tessera.experiments.memory import child_env
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD], env=child_env(), capture_output=True, text=True, check=True)
+    probe, maxrss_growth = map(float, out.stdout.split())
+    assert 30 <= probe <= 40
+    assert maxrss_growth < 1  # why the old probe read 0

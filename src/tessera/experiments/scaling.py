@@ -1,9 +1,9 @@
 """`scaling`: Swin's cost linear in image size, ViT's quadratic (note 004), measured.
 
 Latency (best of a few runs, batch 1, this machine's threads), MACs
-(`tessera.profile`, attention matmuls included) and peak activation memory (the
-growth of the process's maximum resident set while one forward runs, each in
-a fresh process) of Swin-T and ViT-B/16 from 224 to 1120 px; log-log slopes
+(`tessera.profile`, attention matmuls included) and peak activation memory (how
+far the resident set rises during one forward, each in a fresh process:
+`tessera.experiments.memory`) of Swin-T and ViT-B/16 from 224 to 1120 px; log-log slopes
 of each against the pixel count (1: linear, 2: quadratic), and a plot.
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from tessera.experiments.common import write_results
+from tessera.experiments.memory import child_env
 
 MODELS = {"Swin-T": ("swin_tiny_patch4_window7_224", {}), "ViT-B/16": ("vit_base_patch16_224", {"dynamic_img_size": True})}
 QUICK_MODELS = {
@@ -26,24 +27,24 @@ QUICK_MODELS = {
 }
 
 _CHILD = r"""
-import json, resource, sys, time, torch, tessera
+import json, sys, time, torch, tessera
+from tessera.experiments.memory import peak_rss_growth_mib
 name, overrides, size, iters = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 model = tessera.create_model(name, **overrides).eval()
 x = torch.randn(1, 3, size, size)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 best = float("inf")
 with torch.inference_mode():
     for _ in range(iters):
         start = time.perf_counter(); model(x); best = min(best, time.perf_counter() - start)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"seconds": best, "mem_mib": (peak - base) / 1024}))
+    mem = peak_rss_growth_mib(lambda: model(x))  # after the warm-up: one-time library loads are not activations
+print(json.dumps({"seconds": best, "mem_mib": mem}))
 """
 
 
 def measure(name: str, overrides: dict, size: int, iters: int) -> dict:
     """Latency and peak activation memory of one forward at `size` px, in a fresh process."""
     out = subprocess.run([sys.executable, "-c", _CHILD, name, json.dumps(overrides), str(size), str(iters)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, env=child_env())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -70,7 +71,7 @@ def run(out: Path, quick: bool = False, seeds: int = 1, sizes: list[int] | None 
             r = measure(name, {**overrides, "img_size": size}, size, iters)
             lat.append(r["seconds"]), macs.append(m), mem.append(max(r["mem_mib"], 1e-3))
             rows.append({"model": label, "size": size, "GMACs": f"{m / 1e9:.3g}", "latency (ms)": f"{1e3 * r['seconds']:.0f}",
-                         "peak activation (MiB)": f"{r['mem_mib']:.0f}"})
+                         "peak activation (MiB)": f"{r['mem_mib']:.3g}"})
         pixels = [s * s for s in sizes]
         series[label] = {"sizes": sizes, "latency_s": lat, "macs": macs, "mem_mib": mem,
                          "slope_latency": slope(pixels, lat), "slope_macs": slope(pixels, macs),
