@@ -120,3 +120,32 @@ def test_create_model_takes_hub_names(offline):
         assert torch.equal(back(x), model(x))
     with pytest.raises(ValueError, match="no checkpoint"):
         tessera.create_model("hf-hub:someone/tiny-vit", checkpoint="elsewhere")
+
+
+def test_save_pretrained_push_to_hub_uploads_the_folder_it_writes(tmp_path, monkeypatch):
+    """transformers' form: `save_pretrained(folder, push_to_hub=True, repo_id=...)` keeps the folder and uploads it;
+    a bad repo_id or offline mode is refused before the folder is written."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls.append(("create", repo_id, private))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir()), commit_message))
+
+    model = tessera.create_model("vit_base_patch16_224", **TINY_VIT)
+    out = model.save_pretrained(tmp_path / "kept", push_to_hub=True, repo_id="me/tiny", private=True,
+                                commit_message="v1", api=FakeApi())
+    assert (out / "model.safetensors").is_file()
+    assert calls == [("create", "me/tiny", True), ("upload", "me/tiny", ["config.json", "model.safetensors"], "v1")]
+    with pytest.raises(ValueError, match="org/name"):
+        model.save_pretrained(tmp_path / "bad", push_to_hub=True, repo_id="tiny", api=FakeApi())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="HF_HUB_OFFLINE"):
+        model.save_pretrained(tmp_path / "offline", push_to_hub=True, repo_id="me/tiny", api=FakeApi())
+    with pytest.raises(ValueError, match="push_to_hub=True"):
+        model.save_pretrained(tmp_path / "nohub", repo_id="me/tiny")
+    assert not any((tmp_path / d).exists() for d in ("bad", "offline", "nohub"))
+    assert len(calls) == 2

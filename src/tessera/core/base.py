@@ -147,10 +147,23 @@ class TesseraModel(nn.Module):
         self.arch: str = ""
         self.grad_checkpointing = False
 
-    def save_pretrained(self, folder: str | Path) -> Path:
-        """Write `model.safetensors` (weights, config in metadata) and `config.json`."""
+    def save_pretrained(
+        self, folder: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None, **hub_kwargs: Any
+    ) -> Path:
+        """Write `model.safetensors` (weights, config in metadata) and `config.json`; optionally publish them.
+
+        With `push_to_hub=True` the folder is also uploaded as Hub repository `repo_id`
+        ('org/name'; `hub_kwargs`: private, token, commit_message, api), as transformers does;
+        a bad repo_id or HF_HUB_OFFLINE is refused before anything is written.
+        """
         from safetensors.torch import save_model
 
+        if push_to_hub:
+            from tessera.io.hub import check_repo_id
+
+            check_repo_id(repo_id)
+        elif repo_id is not None or hub_kwargs:
+            raise ValueError("repo_id and Hub options need push_to_hub=True")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"architecture": self.architecture, "config": config_to_dict(self.config)}
@@ -162,6 +175,10 @@ class TesseraModel(nn.Module):
             lambda p: save_model(self, str(p), metadata={"format": "pt", "tessera": text}),
         )
         _atomic_write(folder / CONFIG_NAME, lambda p: p.write_text(text))
+        if push_to_hub:
+            from tessera.io.hub import upload_folder
+
+            upload_folder(folder, repo_id, **hub_kwargs)
         return folder
 
     @property

@@ -125,8 +125,16 @@ def create_model_from_hub(name: str, cache_dir: str | Path | None = None, **kwar
     raise CheckpointError(f"{str(config_path)!r} is neither tessera's, timm's nor transformers' config")
 
 
-def push_to_hub(
-    model: nn.Module,
+def check_repo_id(repo_id: str) -> None:
+    """Raise before any work when `repo_id` is not 'org/name' or the Hub is switched off (HF_HUB_OFFLINE)."""
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
+    if _offline():
+        raise ValueError(f"cannot publish {repo_id}: HF_HUB_OFFLINE is set")
+
+
+def upload_folder(
+    folder: str | Path,
     repo_id: str,
     *,
     private: bool | None = None,
@@ -134,26 +142,30 @@ def push_to_hub(
     commit_message: str = "Upload tessera model",
     api: Any = None,
 ) -> str:
-    """Publish `model.save_pretrained(...)` (model.safetensors + config.json) to the Hub as `repo_id`.
-
-    Returns the `hf-hub:` name that loads it back. `api` is a `huggingface_hub.HfApi` (one
-    with the default endpoint and token when None).
-
-    Raises:
-        ValueError: HF_HUB_OFFLINE is set, or repo_id is not 'org/name'.
-    """
-    import tempfile
-
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}")
-    if _offline():
-        raise ValueError(f"cannot publish {repo_id}: HF_HUB_OFFLINE is set")
+    """Upload a saved folder (model.safetensors + config.json) as Hub repository `repo_id`; its `hf-hub:` name."""
+    check_repo_id(repo_id)
     if api is None:
         from huggingface_hub import HfApi
 
         api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
+    return f"{HUB_PREFIX}{repo_id}"
+
+
+def push_to_hub(model: nn.Module, repo_id: str, **hub_kwargs: Any) -> str:
+    """Publish `model.save_pretrained(...)` to the Hub as `repo_id`; returns the `hf-hub:` name that loads it.
+
+    Keyword arguments are `upload_folder`'s (private, token, commit_message, and `api`: a
+    `huggingface_hub.HfApi`, one with the default endpoint and token when None). The same as
+    `model.save_pretrained(folder, push_to_hub=True, repo_id=repo_id)` without keeping a folder.
+
+    Raises:
+        ValueError: HF_HUB_OFFLINE is set, or repo_id is not 'org/name' (before anything is written).
+    """
+    import tempfile
+
+    check_repo_id(repo_id)
     with tempfile.TemporaryDirectory() as tmp:
         folder = model.save_pretrained(Path(tmp) / "export")
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
-    return f"{HUB_PREFIX}{repo_id}"
+        return upload_folder(folder, repo_id, **hub_kwargs)
