@@ -95,10 +95,13 @@ def cache_latents_cmd(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="tessera cache-latents")
     p.add_argument("--config", required=True, help="a latent diffusion config (its model.init_args.first_stage* and data)")
+    p.add_argument("--data", default=None, help="take the data section from this config instead (e.g. the first "
+                   "stage's own, when --config reads the cache through LatentDataModule)")
     p.add_argument("--out", required=True, help="safetensors file to write")
     args = p.parse_args(argv)
     cfg = yaml.safe_load(open(args.config))
-    m, d = cfg["model"]["init_args"], cfg["data"]
+    m = cfg["model"]["init_args"]
+    d = yaml.safe_load(open(args.data))["data"] if args.data else cfg["data"]
     module, _, cls = d["class_path"].rpartition(".")
     init = dict(d.get("init_args", {}))
     init.pop("augment", None)

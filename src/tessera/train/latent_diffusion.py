@@ -52,6 +52,7 @@ def cache_latents(first_stage: torch.nn.Module, datamodule: L.LightningDataModul
     """Encode every split of `datamodule` once (no augmentation) into a safetensors file.
 
     Keys: `{split}_latents` (N, D, h, w) unscaled first-stage latents, `{split}_labels` (N,),
+    `{split}_codes` (N, h, w) when the first stage is discrete (token transformers read them),
     and `{split}_tokens` (N, L) when the batches carry captions; split in train / val / test.
     """
     from safetensors.torch import save_file
@@ -63,9 +64,12 @@ def cache_latents(first_stage: torch.nn.Module, datamodule: L.LightningDataModul
         ds = getattr(datamodule, f"{split}_set")
         if split == "train":  # the eval transform: no augmentation in a cache
             ds.transform = datamodule.eval_transform()
-        parts: dict[str, list[Tensor]] = {"latents": [], "tokens": [], "labels": []}
+        parts: dict[str, list[Tensor]] = {"latents": [], "codes": [], "tokens": [], "labels": []}
         for batch in DataLoader(ds, batch_size=batch_size, shuffle=False):
-            parts["latents"].append(first_stage_latents(first_stage.encode(batch[0])))
+            enc = first_stage.encode(batch[0])
+            parts["latents"].append(first_stage_latents(enc))
+            if getattr(enc, "codes", None) is not None:
+                parts["codes"].append(enc.codes)
             parts["labels"].append(batch[-1])
             if len(batch) == 3:
                 parts["tokens"].append(batch[1])
@@ -86,11 +90,18 @@ class LatentDataModule(L.LightningDataModule):
         batch_size: per step.
         seed: shuffling seed of the training split.
         num_classes: labels in the file (default: max + 1).
+        key: "latents" (latent diffusion) or "codes" (a discrete first stage's code grids, for
+            `TokenTransformerTask(inputs="codes")`).
     """
 
-    def __init__(self, path: str, batch_size: int = 64, seed: int = 0, num_classes: int | None = None) -> None:
+    def __init__(
+        self, path: str, batch_size: int = 64, seed: int = 0, num_classes: int | None = None,
+        key: Literal["latents", "codes"] = "latents",
+    ) -> None:
         super().__init__()
-        self.path, self.batch_size, self.seed = path, batch_size, seed
+        if key not in ("latents", "codes"):
+            raise ValueError(f"key must be 'latents' or 'codes', got {key!r}")
+        self.path, self.batch_size, self.seed, self.key = path, batch_size, seed, key
         self._num_classes = num_classes
         self.sets: dict[str, TensorDataset] = {}
         self.tokenizer = None
@@ -103,8 +114,10 @@ class LatentDataModule(L.LightningDataModule):
         if not Path(self.path).is_file():
             raise FileNotFoundError(f"latent cache {self.path!r} not found; write it with `tessera cache-latents`")
         data = load_file(self.path)
+        if f"train_{self.key}" not in data:
+            raise ValueError(f"{self.path!r} holds no {self.key} (keys: {sorted(data)}); codes are cached for discrete first stages only")
         for split in ("train", "val", "test"):
-            keys = [f"{split}_latents"] + ([f"{split}_tokens"] if f"{split}_tokens" in data else []) + [f"{split}_labels"]
+            keys = [f"{split}_{self.key}"] + ([f"{split}_tokens"] if f"{split}_tokens" in data else []) + [f"{split}_labels"]
             self.sets[split] = TensorDataset(*(data[k] for k in keys))
         self.in_chans = data["train_latents"].shape[1]
         self.num_classes = self._num_classes or int(data["train_labels"].max()) + 1

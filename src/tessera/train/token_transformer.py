@@ -45,6 +45,8 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
         model_args: config overrides (dim, depth, heads, ...); vocab_size / seq_len / num_classes
             come from the tokenizer and the data.
         multimodal: one causal model over text and image tokens in both orders (caption data).
+        inputs: "images" (encode on the fly) or "codes" (batches (codes, labels) from
+            `LatentDataModule(key="codes")` over a `tessera cache-latents` file of the same tokenizer).
         lr, weight_decay, warmup_steps, min_lr_ratio, ema_decay: AdamW, warm-up + cosine, EMA.
         num_samples_per_class: grid columns (0: none); maskgit_steps: decoding steps of the grid;
         temperature, top_k: next-token sampling of the grid; sample_seed: its seed.
@@ -60,6 +62,7 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
         model: str = "maskgit_digits",
         model_args: dict[str, Any] | None = None,
         multimodal: bool = False,
+        inputs: Literal["images", "codes"] = "images",
         lr: float = 1e-3,
         weight_decay: float = 0.05,
         warmup_steps: int = 100,
@@ -72,6 +75,10 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
         sample_seed: int = 0,
     ) -> None:
         super().__init__()
+        if inputs not in ("images", "codes"):
+            raise ValueError(f"inputs must be 'images' or 'codes', got {inputs!r}")
+        if inputs == "codes" and multimodal:
+            raise ValueError("inputs='codes' reads (codes, labels) batches; the multimodal sequence needs caption images")
         self.init_ema(ema_decay, eval_with_ema=True)
         self.save_hyperparameters()
         self.model: TokenTransformer | None = None
@@ -86,8 +93,8 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
         hp = self.hparams
         dm = datamodule_of(self)
         fs_args = dict(hp.first_stage_args or {})
-        for key in ("img_size", "in_chans"):
-            if key not in fs_args and getattr(dm, key, None):
+        for key in ("img_size", "in_chans"):  # the data's, unless given (a code cache has no image size)
+            if key not in fs_args and getattr(dm, key, None) and hp.inputs == "images":
                 fs_args[key] = getattr(dm, key)
         # the frozen tokenizer is not a submodule: its weights stay out of this task's checkpoints and EMA
         first = load_first_stage(hp.first_stage, hp.first_stage_checkpoint, fs_args).eval().requires_grad_(False)
@@ -120,7 +127,12 @@ class TokenTransformerTask(EMAHost, L.LightningModule):
     # ------------------------------------------------------------------ data
     @torch.no_grad()
     def codes(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) images -> (B, h w) code ids of the frozen tokenizer."""
+        """(B, C, H, W) images (or cached (B, h, w) codes) -> (B, h w) code ids of the frozen tokenizer."""
+        if self.hparams.inputs == "codes":
+            if x.dtype != torch.int64 or x.shape[1:] != self.grid:
+                raise ValueError(f"expected cached codes (B, {self.grid[0]}, {self.grid[1]}) int64 of the first stage, "
+                                 f"got {tuple(x.shape)} {x.dtype}")
+            return x.flatten(1)
         self.first_stage.to(x.device)  # not a submodule, so Lightning does not move it
         return self.first_stage.encode(x).codes.flatten(1)
 

@@ -1,0 +1,448 @@
+"""Generation in a learned latent space, measured (notes 002 and 003; issue 11).
+
+    tessera reproduce ldm-guidance       # class-conditional LDM: accuracy + FD at guidance 0, 1, 3, 5
+    tessera reproduce pixel-vs-latent    # pixel DDPM vs LDM: training step, sampling time, FD
+    tessera reproduce token-generation   # MaskGIT (8, 16 steps) and next-token over VQ codes:
+                                         # accuracy, FD, test NLL vs the codes' unigram entropy, time
+
+They evaluate trained runs of Fashion-MNIST (32 px), made by the `tessera fit` commands in the
+headers of configs/ldm_fmnist.yaml, ldm_fmnist_pixel.yaml, maskgit_fmnist.yaml and
+maskgit_fmnist_nexttoken.yaml, with the classifier runs/fashion_classifier (the project's recipe,
+`tessera fit` of a small Swin). Samples are drawn per class (`per_class` of each, fixed seeds):
+
+- conditional accuracy: the fraction of samples the classifier labels as the requested class
+  (its accuracy on the real test images, the ceiling, is in the table too);
+- FD: the Fréchet distance (`tessera.eval.frechet`, the features of `tessera fid`: the classifier's
+  penultimate layer) between the samples and the 10,000 test images; the "real" row gives the
+  floor, as many held-out validation images as samples against the same test images;
+- times: seconds per image on this machine at the caller's thread count (`--threads 1`).
+
+`--quick` builds tiny random-weight runs of every kind on the bundled digits in `out/quick_runs`
+and runs the same code in seconds: a test of the plumbing, not of the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from tessera.experiments.common import write_results
+
+RUNS = {
+    "ldm": "runs/ldm_fmnist",
+    "pixel": "runs/ldm_fmnist_pixel",
+    "maskgit": "runs/maskgit_fmnist",
+    "nexttoken": "runs/maskgit_fmnist_nexttoken",
+    "classifier": "runs/fashion_classifier",
+    "codes": "runs/vq_fmnist_codes.safetensors",
+}
+TRAIN_COMMANDS = {
+    "ldm": "tessera fit --config configs/ldm_fmnist.yaml",
+    "pixel": "tessera fit --config configs/ldm_fmnist_pixel.yaml",
+    "maskgit": "tessera fit --config configs/maskgit_fmnist.yaml",
+    "nexttoken": "tessera fit --config configs/maskgit_fmnist_nexttoken.yaml",
+    "classifier": "tessera fit (the Fashion-MNIST classifier recipe) --trainer.default_root_dir runs/fashion_classifier",
+}
+GUIDANCE = (0.0, 1.0, 3.0, 5.0)
+
+
+# ------------------------------------------------------------------ data and scoring
+
+
+@dataclass
+class RealData:
+    """Real images in [-1, 1]: the FD reference (test), a floor sample (val) and training images."""
+
+    test_x: Tensor
+    test_y: Tensor
+    val_x: Tensor
+    train_x: Tensor
+    train_y: Tensor
+
+
+def real_data(quick: bool) -> RealData:
+    """Fashion-MNIST at 32 px (the bundled digits at 16 px when quick)."""
+    if quick:
+        from tessera.data.digits import digits_split, load_digits_images
+
+        images, labels = load_digits_images(16, 1)
+        train, val, test = digits_split(labels)
+        x = images * 2 - 1
+        return RealData(x[test], labels[test], x[val], x[train], labels[train])
+    from tessera.data.idx import IDXDataModule
+
+    dm = IDXDataModule(img_size=32, in_chans=1, normalize="signed")
+    dm.setup("fit")
+
+    def stack(ds: Any) -> tuple[Tensor, Tensor]:
+        items = [ds[i] for i in range(len(ds))]
+        return torch.stack([it[0] for it in items]), torch.as_tensor([int(it[1]) for it in items])
+
+    (tx, ty), (vx, _), (rx, ry) = stack(dm.test_set), stack(dm.val_set), stack(dm.train_set)
+    return RealData(tx, ty, vx, rx, ry)
+
+
+class Scorer:
+    """Classifier features / predictions of images in [-1, 1]; accuracy and FD against the test set."""
+
+    def __init__(self, classifier_run: str | Path, real: RealData) -> None:
+        from tessera.eval.frechet import classifier_features
+        from tessera.train.cli import load_run
+
+        model, pre = load_run(classifier_run)
+        self.features: Callable[[Tensor], tuple[Tensor, Tensor]] = lambda x: classifier_features(  # noqa: E731
+            model, x.clamp(-1, 1), pre["mean"], pre["std"], int(pre["img_size"]))
+        self.ref, pred = self.features(real.test_x)
+        self.classifier_accuracy = (pred == real.test_y).float().mean().item()
+        self.real = real
+
+    def score(self, x: Tensor, y: Tensor) -> tuple[float, float]:
+        """(conditional accuracy, FD to the test set) of images x requested as classes y."""
+        from tessera.eval.frechet import frechet_distance_features
+
+        f, pred = self.features(x)
+        return (pred == y).float().mean().item(), frechet_distance_features(f, self.ref)
+
+    def floor(self, n: int) -> float:
+        """FD of n held-out real images (validation split) to the test set: the best a sampler can do at n."""
+        from tessera.eval.frechet import frechet_distance_features
+
+        return frechet_distance_features(self.features(self.real.val_x[:n])[0], self.ref)
+
+
+def class_requests(num_classes: int, per_class: int) -> Tensor:
+    """(num_classes x per_class,) class ids, class by class."""
+    return torch.arange(num_classes).repeat_interleave(per_class)
+
+
+def batched(fn: Callable[[Tensor, torch.Generator], Tensor], y: Tensor, batch: int, seed: int) -> tuple[Tensor, float]:
+    """fn over y in batches (batch i seeded seed + i); the images and the seconds per image."""
+    out, start = [], time.perf_counter()
+    for i, lo in enumerate(range(0, len(y), batch)):
+        out.append(fn(y[lo : lo + batch], torch.Generator().manual_seed(seed + i)))
+    return torch.cat(out), (time.perf_counter() - start) / len(y)
+
+
+def save_class_grid(x: Tensor, per_class: int, path: Path, columns: int = 8) -> None:
+    """One row per class: its first `columns` samples."""
+    from tessera.diffusion.images import save_grid
+
+    n = len(x) // per_class
+    cols = min(columns, per_class)
+    rows = x.view(n, per_class, *x.shape[1:])[:, :cols].reshape(-1, *x.shape[1:])
+    save_grid(rows.clamp(-1, 1), path, nrow=cols, scale=2)
+
+
+def _require(runs: dict[str, str], *keys: str) -> None:
+    for key in keys:
+        if not Path(runs[key]).exists():
+            raise FileNotFoundError(f"{runs[key]!r} not found: train it first with `{TRAIN_COMMANDS.get(key, key)}`")
+
+
+def _fmt(v: float, digits: int = 1) -> str:
+    return f"{v:.{digits}f}"
+
+
+# ------------------------------------------------------------------ latent diffusion
+
+
+def _ldm_sampler(model: Any, s: float, steps: int) -> Callable[[Tensor, torch.Generator], Tensor]:
+    return lambda y, g: model.sample(y, s, "ddim", steps, g)
+
+
+def ldm_guidance(out: Path, quick: bool = False) -> dict:
+    """Conditional accuracy and FD of the class-conditional LDM at guidance 0, 1, 3, 5 (DDIM 50)."""
+    from tessera.diffusion.latent import LatentDiffusion
+
+    runs = make_quick_runs(out / "quick_runs") if quick else dict(RUNS)
+    _require(runs, "ldm", "classifier")
+    per_class, steps = (2, 3) if quick else (100, 50)
+    torch.manual_seed(0)
+    real = real_data(quick)
+    scorer = Scorer(runs["classifier"], real)
+    model, spec = LatentDiffusion.from_pretrained(runs["ldm"])
+    K = model.cond_encoder.num_classes
+    y = class_requests(K, per_class)
+    rows = [{"samples": "real images (classifier on the test set; FD: val images)", "n": len(y), "cond. accuracy %": _fmt(100 * scorer.classifier_accuracy),
+             "FD": _fmt(scorer.floor(len(y)), 2), "s / image": ""}]
+    with torch.no_grad():
+        recon = model.decode(model.encode(real.test_x[: len(y)]))
+    acc, fd = scorer.score(recon, real.test_y[: len(y)])
+    rows.append({"samples": "first-stage reconstructions", "n": len(y), "cond. accuracy %": _fmt(100 * acc),
+                 "FD": _fmt(fd, 2), "s / image": ""})
+    raw = {}
+    for s in GUIDANCE:
+        x, sec = batched(_ldm_sampler(model, s, steps), y, 250, seed=0)
+        acc, fd = scorer.score(x, y)
+        raw[s] = {"accuracy": acc, "fd": fd, "seconds_per_image": sec}
+        rows.append({"samples": f"LDM DDIM{steps}, guidance {s:g}", "n": len(y), "cond. accuracy %": _fmt(100 * acc),
+                     "FD": _fmt(fd, 2), "s / image": f"{sec:.4f}"})
+        save_class_grid(x, per_class, out / f"grid_guidance{s:g}.png")
+    gain = 100 * (raw[3.0]["accuracy"] - raw[1.0]["accuracy"])
+    notes = (f"Classifier: {runs['classifier']} (accuracy on the {len(real.test_y)} real test images in the first row). "
+             f"FD against the {len(real.test_y)} test images, {per_class} samples per class. "
+             f"Guidance 1 -> 3 changes conditional accuracy by {gain:+.1f} points (claim: >= +10). "
+             f"Grids: {out}/grid_guidance*.png (one row per class).")
+    return write_results(out, "Class-conditional latent diffusion: classifier-free guidance",
+                         ["samples", "n", "cond. accuracy %", "FD", "s / image"], rows,
+                         {"raw": raw, "accuracy_gain_1_to_3_points": gain, "claim_holds": gain >= 10,
+                          "classifier_accuracy": scorer.classifier_accuracy, "runs": runs}, notes)
+
+
+# ------------------------------------------------------------------ pixel vs latent
+
+
+def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _train_step(unet: torch.nn.Module, x: Tensor, cond: Callable[[], Any], T: int) -> Callable[[], None]:
+    """One forward + backward + AdamW step of L_simple on x (fresh weights of the same architecture)."""
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    unet.train()
+
+    def step() -> None:
+        t = torch.randint(0, T, (x.shape[0],))
+        eps = torch.randn_like(x)
+        loss = (unet(x + eps, t, cond()) - eps).square().mean()   # cost only: the noising is the same for both
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def _steps_trained(run: str | Path) -> int | None:
+    import csv
+
+    path = Path(run) / "metrics.csv"
+    if not path.is_file():
+        return None
+    with open(path, newline="") as f:
+        return max((int(r["step"]) for r in csv.DictReader(f) if r.get("step")), default=None)
+
+
+def pixel_vs_latent(out: Path, quick: bool = False) -> dict:
+    """Pixel-space DDPM against the LDM: training step, sampling time and FD / accuracy (DDIM 50, 1 forward per step)."""
+    import tessera
+    from tessera.diffusion.latent import LatentDiffusion
+    from tessera.diffusion.samplers import DDIMSampler
+    from tessera.diffusion.sample import load_diffusion_run
+
+    runs = make_quick_runs(out / "quick_runs") if quick else dict(RUNS)
+    _require(runs, "ldm", "pixel", "classifier")
+    per_class, steps, batch, repeats = (2, 3, 4, 1) if quick else (50, 50, 128, 5)
+    torch.manual_seed(0)
+    real = real_data(quick)
+    scorer = Scorer(runs["classifier"], real)
+    ldm, _ = LatentDiffusion.from_pretrained(runs["ldm"])
+    unet, schedule, _ = load_diffusion_run(runs["pixel"])
+    K = ldm.cond_encoder.num_classes
+    y = class_requests(K, per_class)
+
+    # training step at the same batch, fresh weights of each architecture
+    xb = real.train_x[:batch]
+    yb = real.train_y[:batch] % max(unet.config.num_classes, 1)
+    pixel_net = tessera.create_model(_arch(runs["pixel"]), **_config(runs["pixel"]))
+    t_pixel = _best_seconds(_train_step(pixel_net, xb, lambda: yb if unet.config.num_classes else None, schedule.T), repeats)
+    latent_net = tessera.create_model(_arch(Path(runs["ldm"]) / "unet"), **_config(Path(runs["ldm"]) / "unet"))
+    with torch.no_grad():
+        zb = ldm.encode(xb)
+    ctx = ldm.context(yb % K)
+    t_latent = _best_seconds(_train_step(latent_net, zb, lambda: ctx.detach(), ldm.schedule.T), repeats)
+    t_encode = _best_seconds(lambda: ldm.encode(xb), repeats)
+
+    sampler = DDIMSampler(schedule, steps=steps, clip_x0=True)
+
+    def pixel_sample(yy: Tensor, g: torch.Generator) -> Tensor:
+        c, h, w = unet.input_size
+        cond = yy if unet.config.num_classes else None
+        with torch.no_grad():
+            return sampler.sample(lambda x, t: unet(x, t, cond), (len(yy), c, h, w), generator=g)
+
+    rows, raw = [], {}
+    entries: list[tuple[str, Callable[[Tensor, torch.Generator], Tensor], int, float, float | None]] = [
+        (f"pixel DDPM ({_arch(runs['pixel'])}, 32x32x1)", pixel_sample, _params(unet), t_pixel, None),
+        (f"LDM guidance 1 ({_arch(Path(runs['ldm']) / 'unet')}, 8x8x4)", _ldm_sampler(ldm, 1.0, steps), _params(ldm.unet), t_latent, t_encode),
+        ("LDM guidance 3 (2 forwards per step)", _ldm_sampler(ldm, 3.0, steps), _params(ldm.unet), t_latent, t_encode),
+    ]
+    for name, fn, params, t_step, t_enc in entries:
+        x, sec = batched(fn, y, 250, seed=0)
+        acc, fd = scorer.score(x, y)
+        key = name.split(" (")[0]
+        run = runs["pixel"] if key.startswith("pixel") else runs["ldm"]
+        trained = _steps_trained(run)
+        raw[key] = {"params": params, "train_step_s": t_step, "encode_s": t_enc, "sample_s_per_image": sec,
+                    "accuracy": acc, "fd": fd, "steps_trained": trained}
+        step_txt = f"{t_step:.3f}" + (f" (+{t_enc:.3f} encode)" if t_enc is not None else "")
+        rows.append({"model": name, "params (M)": f"{params / 1e6:.2f}", f"train step, batch {batch} (s)": step_txt,
+                     "steps trained": trained if trained is not None else "", "sampling (s / image)": f"{sec:.4f}",
+                     "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2)})
+        if not key.startswith("LDM guidance 3"):
+            save_class_grid(x, per_class, out / f"grid_{'pixel' if key.startswith('pixel') else 'ldm'}.png")
+    rows.append({"model": "real images (classifier on the test set; FD: val images)", "cond. accuracy %": _fmt(100 * scorer.classifier_accuracy),
+                 "FD": _fmt(scorer.floor(len(y)), 2)})
+    cols = ["model", "params (M)", f"train step, batch {batch} (s)", "steps trained", "sampling (s / image)",
+            "cond. accuracy %", "FD"]
+    notes = (f"Same machine, same process, torch threads = {torch.get_num_threads()}; train step = forward + backward + "
+             f"AdamW on fresh weights (best of {repeats}); the LDM trains on cached latents, the encode column is what "
+             f"encoding on the fly would add. Sampling: DDIM {steps} (pixel: x0 clipped to [-1, 1]), LDM time includes "
+             f"decoding. Both runs had the same wall-clock budget (configs' max_time). {per_class} samples per class.")
+    return write_results(out, "Pixel-space DDPM vs latent diffusion (Fashion-MNIST 32 px)", cols, rows,
+                         {"raw": raw, "runs": runs}, notes)
+
+
+def _arch(folder: str | Path) -> str:
+    return json.loads((Path(folder) / "config.json").read_text())["architecture"]
+
+
+def _config(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "config.json").read_text())["config"]
+
+
+def _params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+# ------------------------------------------------------------------ token transformers
+
+
+def load_token_run(run: str | Path) -> tuple[Any, Any, dict[str, Any]]:
+    """(TokenTransformer, frozen first stage, tokens.json) of a TokenTransformerTask run."""
+    import tessera
+
+    run = Path(run)
+    spec = json.loads((run / "tokens.json").read_text())
+    model = tessera.create_model(_arch(run), checkpoint=run).eval()
+    first = tessera.create_model(spec["first_stage"], checkpoint=spec["first_stage_checkpoint"],
+                                 **(spec.get("first_stage_args") or {})).eval()
+    return model, first, spec
+
+
+def _codes(first: Any, x: Tensor) -> Tensor:
+    with torch.no_grad():
+        return torch.cat([first.encode(x[lo : lo + 256]).codes.flatten(1) for lo in range(0, len(x), 256)])
+
+
+def token_generation(out: Path, quick: bool = False) -> dict:
+    """MaskGIT (8 and 16 steps) and next-token sampling over VQ codes: accuracy, FD, NLL vs unigram entropy, time."""
+    from tessera.generative import generate, maskgit_sample
+
+    runs = make_quick_runs(out / "quick_runs") if quick else dict(RUNS)
+    _require(runs, "maskgit", "nexttoken", "classifier")
+    per_class = 2 if quick else 100
+    torch.manual_seed(0)
+    real = real_data(quick)
+    scorer = Scorer(runs["classifier"], real)
+    mg, first, spec = load_token_run(runs["maskgit"])
+    gpt, _, _ = load_token_run(runs["nexttoken"])
+    grid = tuple(spec["grid"])
+    K = mg.config.vocab_size
+
+    cache = Path(runs["codes"])
+    if cache.is_file():
+        from safetensors.torch import load_file
+
+        data = load_file(str(cache))
+        train_codes, test_codes = data["train_codes"].flatten(1), data["test_codes"].flatten(1)
+    else:
+        train_codes, test_codes = _codes(first, real.train_x), _codes(first, real.test_x)
+    counts = torch.bincount(train_codes.flatten(), minlength=K).double()
+    p = (counts + 0.5) / (counts + 0.5).sum()                     # add-1/2: no code of the test set has p = 0
+    entropy = -(p * p.log2()).sum().item()                        # unigram entropy of the training codes
+    unigram_test = -p.log2()[test_codes.flatten()].mean().item()  # its cross-entropy on the test codes
+    with torch.no_grad():
+        nats = [gpt(test_codes[lo : lo + 500], real.test_y[lo : lo + 500]).loss.item() * len(test_codes[lo : lo + 500])
+                for lo in range(0, len(test_codes), 500)]
+    nll_bits = sum(nats) / len(test_codes) / math.log(2)
+
+    y = class_requests(mg.config.num_classes, per_class)
+
+    def decode(codes: Tensor) -> Tensor:
+        with torch.no_grad():
+            return first.decode(codes.view(-1, *grid))
+
+    samplers: list[tuple[str, Callable[[Tensor, torch.Generator], Tensor]]] = [
+        ("MaskGIT 8 steps", lambda yy, g: decode(maskgit_sample(mg, y=yy, steps=8, generator=g))),
+        ("MaskGIT 16 steps", lambda yy, g: decode(maskgit_sample(mg, y=yy, steps=16, generator=g))),
+        ("next-token, T = 1 (KV cache)", lambda yy, g: decode(generate(gpt, gpt.config.seq_len, y=yy, generator=g))),
+    ]
+    rows = [{"samples": "real images (classifier on the test set; FD: val images)", "cond. accuracy %": _fmt(100 * scorer.classifier_accuracy),
+             "FD": _fmt(scorer.floor(len(y)), 2)}]
+    acc, fd = scorer.score(decode(test_codes[: len(y)]), real.test_y[: len(y)])
+    rows.append({"samples": "tokenizer reconstructions", "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2)})
+    raw: dict[str, Any] = {}
+    for name, fn in samplers:
+        x, sec = batched(fn, y, 250, seed=0)
+        acc, fd = scorer.score(x, y)
+        raw[name] = {"accuracy": acc, "fd": fd, "seconds_per_image": sec}
+        rows.append({"samples": name, "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2), "s / image": f"{sec:.4f}"})
+        save_class_grid(x, per_class, out / f"grid_{name.split(',')[0].replace(' ', '_').lower()}.png")
+    n_nc = min(len(y), 20 if quick else 100)
+    _, sec_nc = batched(lambda yy, g: generate(gpt, gpt.config.seq_len, y=yy, generator=g, use_cache=False), y[:n_nc], 250, 0)
+    rows.append({"samples": "next-token without KV cache (codes only)", "s / image": f"{sec_nc:.4f}"})
+    raw["no_cache_seconds_per_image"] = sec_nc
+    gap = unigram_test - nll_bits
+    notes = (f"Codes: K = {K}, {test_codes.shape[1]} per image ({grid[0]}x{grid[1]}), {int((counts > 0).sum())}/{K} used in "
+             f"training. Test NLL of the next-token model (class-conditional): {nll_bits:.3f} bits/token; unigram entropy "
+             f"of the training codes {entropy:.3f} bits, unigram cross-entropy on the test codes {unigram_test:.3f} bits: "
+             f"{entropy - nll_bits:.3f} bits below the entropy (claim: >= 0.5). {per_class} samples per class; "
+             f"times include decoding, torch threads = {torch.get_num_threads()}.")
+    return write_results(out, "Token transformers over VQ codes (Fashion-MNIST, 8x8 codes)",
+                         ["samples", "cond. accuracy %", "FD", "s / image"], rows,
+                         {"raw": raw, "nll_bits_per_token": nll_bits, "unigram_entropy_bits": entropy,
+                          "unigram_test_cross_entropy_bits": unigram_test, "gap_to_entropy_bits": entropy - nll_bits,
+                          "gap_to_unigram_test_bits": gap, "claim_holds": entropy - nll_bits >= 0.5, "runs": runs}, notes)
+
+
+# ------------------------------------------------------------------ quick runs
+
+
+def make_quick_runs(folder: Path) -> dict[str, str]:
+    """Tiny random-weight runs of every kind the experiments read, in their exported formats (digits, 16 px)."""
+    import tessera
+    from tessera.diffusion.conditioning import ClassEmbedder
+    from tessera.diffusion.latent import LatentDiffusion
+    from tessera.diffusion.schedule import NoiseSchedule
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    runs = {k: str(folder / k) for k in ("ldm", "pixel", "maskgit", "nexttoken", "classifier", "vq")}
+    runs["codes"] = str(folder / "no_cache.safetensors")
+    clf = tessera.create_model("vit_tiny_patch16_224", img_size=16, patch_size=4, in_chans=1, num_classes=10,
+                               embed_dim=16, depth=1, num_heads=2)
+    clf.save_pretrained(runs["classifier"])
+    (Path(runs["classifier"]) / "preprocess.json").write_text(json.dumps({"img_size": 16, "mean": [0.5], "std": [0.5]}))
+    ae = dict(img_size=16, in_chans=1, channels=(8, 16), layers_per_block=1, norm_groups=4, mid_attention=False)
+    kl = tessera.create_model("autoencoder_kl_f4", latent_channels=4, **ae)
+    unet = tessera.create_model("ldm_unet_digits", img_size=8, in_chans=4, widths=(8, 16), heads=(2, 2), context_dim=8,
+                                norm_groups=4)
+    schedule = NoiseSchedule.from_name("linear", 20, 0.00085, 0.012)
+    LatentDiffusion(kl, unet, ClassEmbedder(10, 8), schedule, 1.0).save_pretrained(runs["ldm"])
+    pixel = tessera.create_model("unet_digits", img_size=16, widths=(8, 16), norm_groups=4, attn_resolutions=(), num_classes=10)
+    pixel.save_pretrained(runs["pixel"])
+    (Path(runs["pixel"]) / "diffusion.json").write_text(json.dumps({"schedule": "linear", "T": 20, "beta_start": 1e-4,
+                                                                     "beta_end": 0.02, "prediction": "eps"}))
+    vq = tessera.create_model("vqvae_f4", latent_channels=4, embed_dim=4, num_codes=16, **ae)
+    vq.save_pretrained(runs["vq"])
+    for key, name in (("maskgit", "maskgit_digits"), ("nexttoken", "tokengpt_digits")):
+        tessera.create_model(name, vocab_size=16, seq_len=64, dim=16, depth=1, heads=2).save_pretrained(runs[key])
+        (Path(runs[key]) / "tokens.json").write_text(json.dumps(
+            {"first_stage": "vqvae_f4", "first_stage_checkpoint": runs["vq"], "first_stage_args": None, "grid": [8, 8]}))
+    return runs
+
+
+EXPERIMENTS = {"ldm-guidance": ldm_guidance, "pixel-vs-latent": pixel_vs_latent, "token-generation": token_generation}

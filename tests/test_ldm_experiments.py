@@ -1,0 +1,150 @@
+"""Issue 11's measurements (`tessera reproduce ldm-guidance | pixel-vs-latent | token-generation`) and the code cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from tessera.cli import main
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_latent_generation_experiments_are_registered():
+    from tessera.experiments import experiments
+
+    assert {"ldm-guidance", "pixel-vs-latent", "token-generation"} <= set(experiments())
+
+
+def test_class_grid_keeps_one_row_per_class(tmp_path):
+    from PIL import Image
+
+    from tessera.experiments.latent_generation import class_requests, save_class_grid
+
+    y = class_requests(3, 4)
+    assert y.tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+    x = y.float().view(-1, 1, 1, 1).expand(-1, 1, 2, 2) - 1   # class c -> value c - 1 in [-1, 1]
+    save_class_grid(x, 4, tmp_path / "g.png", columns=2)
+    img = Image.open(tmp_path / "g.png")
+    # 3 rows x 2 columns of 2x2 tiles at scale 2 (save_grid pads between tiles): taller than wide
+    assert img.size[1] > img.size[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ldm-guidance", "pixel-vs-latent", "token-generation"])
+def test_quick_experiment_writes_its_table(tmp_path, one_thread, name):
+    assert main(["reproduce", name, "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    raw = result["raw"]
+    if name == "ldm-guidance":
+        assert set(raw) == {"0.0", "1.0", "3.0", "5.0"} and isinstance(result["claim_holds"], bool)
+        assert (tmp_path / "grid_guidance3.png").read_bytes()[:4] == b"\x89PNG"
+    elif name == "pixel-vs-latent":
+        assert {"pixel DDPM", "LDM guidance 1", "LDM guidance 3"} <= set(raw)
+        assert all(r["train_step_s"] > 0 for r in raw.values())
+    else:
+        assert {"MaskGIT 8 steps", "MaskGIT 16 steps", "next-token, T = 1 (KV cache)"} <= set(raw)
+        # a random model is no better than the codes' unigram distribution
+        assert result["nll_bits_per_token"] > 0 and result["unigram_entropy_bits"] <= 4.0 + 1e-6
+    for entry in raw.values():
+        if isinstance(entry, dict) and "accuracy" in entry:
+            assert 0.0 <= entry["accuracy"] <= 1.0 and entry["fd"] >= 0.0
+    assert "|" in (tmp_path / "results.md").read_text()
+
+
+def test_experiment_names_the_training_command_of_a_missing_run(tmp_path, monkeypatch):
+    from tessera.experiments import latent_generation
+
+    monkeypatch.setattr(latent_generation, "RUNS", {k: str(tmp_path / k) for k in latent_generation.RUNS})
+    with pytest.raises(FileNotFoundError, match="configs/ldm_fmnist.yaml"):
+        latent_generation.ldm_guidance(tmp_path / "out")
+
+
+VQ = {"channels": [8, 16], "layers_per_block": 1, "norm_groups": 4, "latent_channels": 4, "embed_dim": 4,
+      "num_codes": 16, "mid_attention": False, "img_size": 8, "in_chans": 1}
+
+
+def _vq_cache(tmp_path):
+    import tessera
+    from tessera.data import Augment, DigitsDataModule
+    from tessera.train.latent_diffusion import cache_latents
+
+    vq = tessera.create_model("vqvae_f4", **VQ).eval()
+    vq.save_pretrained(tmp_path / "vq")
+    dm = DigitsDataModule(img_size=8, in_chans=1, batch_size=8, normalize="signed", augment=Augment(enabled=False))
+    return vq, cache_latents(vq, dm, tmp_path / "codes.safetensors"), dm
+
+
+def test_cache_of_a_discrete_first_stage_holds_its_codes(tmp_path, one_thread):
+    from safetensors.torch import load_file
+
+    from tessera.train.latent_diffusion import LatentDataModule
+
+    vq, path, images = _vq_cache(tmp_path)
+    data = load_file(str(path))
+    assert data["train_codes"].dtype == torch.int64 and data["train_codes"].shape[1:] == (4, 4)   # f = 2 at 8 px
+    x = torch.stack([images.test_set[i][0] for i in range(3)])
+    with torch.no_grad():
+        assert torch.equal(data["test_codes"][:3], vq.encode(x).codes)
+    assert torch.equal(data["test_labels"][:3], torch.as_tensor([int(images.test_set[i][1]) for i in range(3)]))
+    dm = LatentDataModule(str(path), batch_size=4, key="codes")
+    codes, labels = next(iter(dm.train_dataloader()))
+    assert codes.shape == (4, 4, 4) and labels.shape == (4,)
+    with pytest.raises(ValueError, match="'latents' or 'codes'"):
+        LatentDataModule(str(path), key="pixels")
+
+
+def test_code_key_of_a_continuous_cache_is_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from tessera.train.latent_diffusion import LatentDataModule
+
+    save_file({f"{s}_{k}": torch.zeros(2, 4, 2, 2) if k == "latents" else torch.zeros(2, dtype=torch.long)
+               for s in ("train", "val", "test") for k in ("latents", "labels")}, str(tmp_path / "c.safetensors"))
+    with pytest.raises(ValueError, match="holds no codes"):
+        LatentDataModule(str(tmp_path / "c.safetensors"), key="codes").setup()
+
+
+@pytest.mark.slow
+def test_token_transformer_trains_from_cached_codes(tmp_path, one_thread):
+    pytest.importorskip("lightning")
+    import tessera
+
+    _, path, _ = _vq_cache(tmp_path)
+    cfg = {
+        "seed_everything": 0,
+        "trainer": {"max_steps": 2, "limit_val_batches": 1, "enable_progress_bar": False, "enable_model_summary": False,
+                    "num_sanity_val_steps": 0, "log_every_n_steps": 1, "val_check_interval": 2,
+                    "check_val_every_n_epoch": None, "default_root_dir": str(tmp_path / "run")},
+        "model": {"class_path": "tessera.train.token_transformer.TokenTransformerTask",
+                  "init_args": {"first_stage": "vqvae_f4", "first_stage_checkpoint": str(tmp_path / "vq"),
+                                "first_stage_args": {"img_size": 8, "in_chans": 1}, "inputs": "codes",
+                                "model": "tokengpt_digits", "model_args": {"dim": 16, "depth": 1, "heads": 2},
+                                "num_samples_per_class": 1}},
+        "data": {"class_path": "tessera.train.latent_diffusion.LatentDataModule",
+                 "init_args": {"path": str(path), "batch_size": 8, "key": "codes"}},
+        "test_after_fit": False,
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["fit", "--config", str(tmp_path / "c.yaml")]) == 0
+    model = tessera.create_model("tokengpt_digits", checkpoint=tmp_path / "run")
+    assert model.config.vocab_size == 16 and model.config.seq_len == 16 and model.config.num_classes == 10
+    assert (tmp_path / "run" / "samples.png").is_file()
+
+
+def test_codes_input_rejects_latents_and_multimodal():
+    from tessera.train.token_transformer import TokenTransformerTask
+
+    with pytest.raises(ValueError, match="multimodal"):
+        TokenTransformerTask(inputs="codes", multimodal=True)
+    with pytest.raises(ValueError, match="'images' or 'codes'"):
+        TokenTransformerTask(inputs="latents")
