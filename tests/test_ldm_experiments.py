@@ -148,3 +148,25 @@ def test_codes_input_rejects_latents_and_multimodal():
         TokenTransformerTask(inputs="codes", multimodal=True)
     with pytest.raises(ValueError, match="'images' or 'codes'"):
         TokenTransformerTask(inputs="latents")
+
+
+def test_cache_latents_takes_the_data_of_another_config(tmp_path, one_thread):
+    """A fit config that reads the cache (LatentDataModule) is cached with the first stage's own data section."""
+    from safetensors.torch import load_file
+
+    import tessera
+
+    tessera.create_model("vqvae_f4", **VQ).save_pretrained(tmp_path / "vq")
+    fit = {"model": {"init_args": {"first_stage": "vqvae_f4", "first_stage_checkpoint": str(tmp_path / "vq"),
+                                   "first_stage_args": {"img_size": 8, "in_chans": 1}}},
+           "data": {"class_path": "tessera.train.latent_diffusion.LatentDataModule",
+                    "init_args": {"path": str(tmp_path / "codes.safetensors"), "key": "codes"}}}
+    first = {"data": {"class_path": "tessera.data.DigitsDataModule",
+                      "init_args": {"img_size": 8, "in_chans": 1, "normalize": "signed", "augment": {"enabled": False}}}}
+    (tmp_path / "fit.yaml").write_text(yaml.safe_dump(fit))
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(first))
+    out = tmp_path / "codes.safetensors"
+    assert main(["cache-latents", "--config", str(tmp_path / "fit.yaml"), "--data", str(tmp_path / "first.yaml"),
+                 "--out", str(out)]) == 0
+    data = load_file(str(out))
+    assert data["train_codes"].shape[1:] == (4, 4) and len(data["test_codes"]) == len(data["test_labels"]) > 0
