@@ -277,7 +277,7 @@ def test_model_built_in_inference_mode_recomputes_the_bias():
 def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
     # Fast path: the cyclic shift is part of the window gather; record its shifts and the masks.
     calls = {"shifts": [], "mask": 0}
-    real_order, real_mask = swin_fast.cached_window_order, swin_fast.cached_shift_mask
+    real_order, real_mask = swin_fast.cached_window_gather, swin_fast.cached_shift_mask
 
     def order(grid, window, shift, device):
         calls["shifts"].append(shift)
@@ -287,7 +287,7 @@ def test_shift_off_means_no_roll_and_no_mask(monkeypatch):
         calls["mask"] += 1
         return real_mask(*a, **k)
 
-    monkeypatch.setattr(swin_fast, "cached_window_order", order)
+    monkeypatch.setattr(swin_fast, "cached_window_gather", order)
     monkeypatch.setattr(swin_fast, "cached_shift_mask", mask)
     shifted, plain = tiny(), tiny(shift=False)
     plain.load_state_dict(shifted.state_dict())

@@ -5,9 +5,11 @@
 
 A ViT built with `dynamic_img_size=True` exports one graph for any batch and
 any multiple of its patch size (position embeddings are resampled inside the
-graph). Swin's graph depends on the input size (a stage no larger than the
-window drops the shift, padding differs per size), so it exports with a
-dynamic batch at one size; asking for a dynamic size is an error that says so.
+graph). Swin exports one graph for every multiple of its patch from
+`model.min_dynamic_size()` (every stage at least one window; Swin-T: 196) up:
+padding, window gathers and the shift rule are computed from the symbolic
+sizes (swin_fast.py). A model whose computation changes with the size in a
+way the graph cannot hold gives an error that says to export one size at a time.
 """
 
 from __future__ import annotations
@@ -30,10 +32,28 @@ def _dynamic_shapes(model: nn.Module, dynamic_size: bool) -> dict:
     dims: dict = {0: batch}
     if dynamic_size:
         stride = int(getattr(model, "patch_size", 1))
+        low = max(1, -(-min_dynamic_size(model) // stride))
         # Sizes are multiples of the patch stride: H = stride * h.
-        dims[2] = stride * torch.export.Dim("h", min=1, max=1024)
-        dims[3] = stride * torch.export.Dim("w", min=1, max=1024)
+        dims[2] = stride * torch.export.Dim("h", min=low, max=max(1024, 2 * low))
+        dims[3] = stride * torch.export.Dim("w", min=low, max=max(1024, 2 * low))
     return {"x": dims}
+
+
+def _size_oblivious(enable: bool):
+    """torch's `backed_size_oblivious` switch while tracing (a no-op context when off)."""
+    import contextlib
+
+    if not enable:
+        return contextlib.nullcontext()
+    from torch.fx.experimental import _config as fx_config
+
+    return fx_config.patch(backed_size_oblivious=True)
+
+
+def min_dynamic_size(model: nn.Module) -> int:
+    """Smallest side a dynamic-size graph of `model` serves: the model's `min_dynamic_size()`, else one patch."""
+    fn = getattr(model, "min_dynamic_size", None)
+    return int(fn()) if callable(fn) else int(getattr(model, "patch_size", 1))
 
 
 def _example(model: nn.Module, img_size: int | None, batch: int = 2) -> torch.Tensor:
@@ -52,8 +72,23 @@ def export_program(model: nn.Module, img_size: int | None = None, dynamic_size: 
     """
     model = model.eval()
     x = _example(model, img_size)
+    if dynamic_size:
+        low = min_dynamic_size(model)
+        if min(x.shape[2:]) < low:
+            raise ExportError(
+                f"a dynamic-size graph of {type(model).__name__} serves sides from {low} px; "
+                f"export with img_size >= {low}, or export {x.shape[2]} px alone (dynamic batch only)"
+            )
+        # Trace where every derived size is at least 2 (torch specialises sizes of 1, e.g. one
+        # window per row); the graph then serves the whole range from `low`.
+        stride = int(getattr(model, "patch_size", 1))
+        side = max(x.shape[2], x.shape[3], 2 * low)
+        x = _example(model, -(-side // stride) * stride)
     try:
-        program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(model, dynamic_size))
+        # Size-oblivious reasoning: a derived size that is 1 at some inputs (one window per row of a
+        # small stage) must not be specialised on by reshapes' stride checks (torch's 0/1 rule).
+        with _size_oblivious(dynamic_size):
+            program = torch.export.export(model, (x,), dynamic_shapes=_dynamic_shapes(model, dynamic_size))
         if dynamic_size:
             # torch may keep a size it had to specialise on as a runtime assertion instead of
             # failing the export: run the program at a second size to find out.
@@ -101,11 +136,13 @@ def export_onnx(
     program = export_program(model, img_size, dynamic_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx_program = torch.onnx.export(program, dynamo=True, input_names=["images"], output_names=["output"])
+    with _size_oblivious(dynamic_size):  # the ONNX exporter re-traces the program's decompositions
+        onnx_program = torch.onnx.export(program, dynamo=True, input_names=["images"], output_names=["output"])
     onnx_program.save(str(path))
     c, h, _ = _example(model, img_size, 1).shape[1:]
     stride = int(getattr(model, "patch_size", 1))
-    sizes = verify_sizes or ([h, h + 2 * stride, max(stride, h - stride)] if dynamic_size else [h])
+    low = min_dynamic_size(model)
+    sizes = verify_sizes or ([h, h + 2 * stride, max(low, stride, h - stride)] if dynamic_size else [h])
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     diffs: dict[str, float] = {}

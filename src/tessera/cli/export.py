@@ -18,7 +18,7 @@ def export(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", default=None, help="weights: a run folder or any layout create_model reads")
     parser.add_argument("--out", required=True, help="output file: .onnx or .pt2")
     parser.add_argument("--img-size", type=int, default=None, help="example (and, without --dynamic-size, the only) size")
-    parser.add_argument("--dynamic-size", action="store_true", help="any height and width (ViT needs dynamic_img_size)")
+    parser.add_argument("--dynamic-size", action="store_true", help="any height and width (ViT: dynamic_img_size is set; Swin: sides from model.min_dynamic_size())")
     parser.add_argument("--num-classes", type=int, default=None)
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -66,7 +66,7 @@ class PatchEmbed(nn.Module):
         check_image_batch(x, self.in_chans, self.patch_size)
         ph, pw = self.patch_size
         if self.pad:
-            x = F.pad(x, (0, -x.shape[3] % pw, 0, -x.shape[2] % ph))
+            x = F.pad(x, (0, (x.shape[3] + pw - 1) // pw * pw - x.shape[3], 0, (x.shape[2] + ph - 1) // ph * ph - x.shape[2]))
         x = self.proj(x).permute(0, 2, 3, 1)  # (B, H', W', C)
         return self.norm(x)
 

@@ -67,14 +67,29 @@ def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: t
     """
     H, W = grid
     (wh, ww), (sh, sw) = window, shift
-    if H % wh or W % ww:
+    if torch.compiler.is_compiling():  # symbolic sizes: a runtime assertion, not a branch on the size
+        torch._check(H % wh == 0)
+        torch._check(W % ww == 0)
+    elif H % wh or W % ww:
         raise ValueError(f"grid {grid} is not a multiple of the window {window}; pad it first")
-    rows = (torch.arange(H) >= H - wh).long() + (torch.arange(H) >= H - sh).long()  # region 0, 1, 2
-    cols = (torch.arange(W) >= W - ww).long() + (torch.arange(W) >= W - sw).long()
-    region = (rows[:, None] * 3 + cols[None, :])[None, :, :, None]  # (1, H, W, 1)
-    region = window_partition(region, window)[0, :, :, 0]  # (nW, N)
+    # rolled row of offset a in window row i: i M_h + a (broadcast aranges, no reshape of a permuted
+    # tensor: traced sizes stay symbolic); region of a row 0, 1 or 2
+    y = torch.arange(H // wh)[:, None, None, None] * wh + torch.arange(wh)[None, None, :, None]
+    x = torch.arange(W // ww)[None, :, None, None] * ww + torch.arange(ww)[None, None, None, :]
+    rows = (y >= H - wh).long() + (y >= H - sh).long()
+    cols = (x >= W - ww).long() + (x >= W - sw).long()
+    region = (rows * 3 + cols).reshape(-1, wh * ww)  # (nh, nw, M_h, M_w) -> (nW, N)
     same = region[:, :, None] == region[:, None, :]  # (nW, N, N)
     return torch.zeros(same.shape).masked_fill_(~same, MASK_VALUE)
+
+
+def pad_amount(n: int, multiple: int) -> int:
+    """How much to add to n to reach the next multiple: ceil(n / m) * m - n (= -n % m).
+
+    Written as a ceiling so that traced symbolic sizes stay provably divisible
+    (torch.export simplifies (m * k) // m to k, not (n + -n % m) // m).
+    """
+    return (n + multiple - 1) // multiple * multiple - n
 
 
 def pad_to_windows(x: Tensor, window: tuple[int, int]) -> Tensor:
@@ -84,9 +99,9 @@ def pad_to_windows(x: Tensor, window: tuple[int, int]) -> Tensor:
     the padded tokens are zeros that take part in attention like any token.
     """
     (H, W), (wh, ww) = x.shape[1:3], window
-    if H % wh == 0 and W % ww == 0:
-        return x
-    return F.pad(x, (0, 0, 0, -W % ww, 0, -H % wh))
+    if not torch.compiler.is_compiling() and H % wh == 0 and W % ww == 0:
+        return x  # eager: no copy; traced: one graph pads by (possibly) zero at every size
+    return F.pad(x, (0, 0, 0, pad_amount(W, ww), 0, pad_amount(H, wh)))
 
 
 def _sub_window_index(window: tuple[int, int], table_window: tuple[int, int]) -> Tensor:
@@ -225,5 +240,8 @@ class WindowAttention(nn.Module):
                 v = v.to(self.matmul_dtype)
             v = rearrange(v, "B (g nb) N (h d) -> (B g) (nb h) N d", nb=nb, h=self.num_heads)
             x = bias.to(v.dtype).softmax(dim=-1) @ v  # (B g, nb h, N, d)
-        x = rearrange(x, "(B g) (nb h) N d -> B (g nb) N (h d)", g=nW // nb, h=self.num_heads).to(dtype)
+        # "(B g) (nb h) N d -> B (g nb) N (h d)": the head merge must copy; an explicit clone keeps
+        # traced graphs (size-oblivious export) from taking it for a view
+        x = x.unflatten(0, (B, nW // nb)).unflatten(2, (nb, self.num_heads)).permute(0, 1, 2, 4, 3, 5)
+        x = x.clone(memory_format=torch.contiguous_format).view(B, nW, N, C).to(dtype)
         return self.proj_drop(self.proj(x))

@@ -58,6 +58,7 @@ from tessera.layers import (
 from tessera.layers.window_attention import (
     WindowAttention,
     cyclic_shift,
+    pad_amount,
     pad_to_windows,
     reverse_cyclic_shift,
     shifted_window_mask,
@@ -273,7 +274,7 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C); odd sizes get a zero row / column."""
         B, H, W, C = x.shape
-        x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = F.pad(x, (0, 0, 0, pad_amount(W, 2), 0, pad_amount(H, 2)))
         # Official order of the four: (0,0), (1,0), (0,1), (1,1) as (row, column) offsets.
         x = rearrange(x, "B (H dh) (W dw) C -> B H W (dw dh C)", dh=2, dw=2)  # (B, H/2, W/2, 4C)
         return self.reduction(self.norm(x))
@@ -518,6 +519,24 @@ class SwinTransformer(TesseraModel):
         self.config = replace_config(self.config, num_classes=num_classes)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.head.apply(_init_weights)
+
+    def min_dynamic_size(self) -> int:
+        """Smallest image side (a multiple of the patch) whose every stage is at least one window.
+
+        One exported graph with a dynamic size serves sides from here up: in that
+        range each block keeps its window and only the shift depends on the size
+        (`swin_fast.traced_window_and_shift`). Below it a stage's window shrinks to
+        the map, a different graph: export such sizes one at a time. Swin-T: 196.
+        """
+        c = self.config
+        window = max(to_2tuple(c.window_size))
+        side = c.patch_size
+        while True:
+            grid = math.ceil(side / c.patch_size)
+            grids = [grid := (grid if i == 0 else math.ceil(grid / 2)) for i in range(len(c.depths))]
+            if min(grids) >= window:
+                return side
+            side += c.patch_size
 
     # -- settings
 

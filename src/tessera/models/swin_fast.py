@@ -6,9 +6,11 @@ float rounding, ~1e-6, and bit for bit where nothing is chunked), with three
 kinds of machinery that the plain path does not have:
 
 1. Gathers instead of copies. Cyclic shift + window partition is one token
-   permutation of the padded map, and merge + reverse shift is its inverse:
-   one `index_select` each instead of a roll (two copies) and a partition (one).
-   The index pair is cached per (grid, window, shift, device).
+   permutation of the padded map, and merge + reverse shift + crop is one
+   gather back: one `index_select` each instead of a roll (two copies), a
+   partition (one) and a crop. The indices are cached per (grid, window,
+   shift, device); traced (torch.export, torch.compile) they are computed in
+   the graph from the sizes, so one graph serves every image size.
 2. Caches of derived tensors. The SW-MSA mask is cached per (grid, window,
    shift, device); the sum B + mask of every attention layer is cached between
    calls without autograd, keyed by everything it depends on (window, dtype,
@@ -58,27 +60,79 @@ DEFAULT_CHUNK_TOKENS = 4096
 # ---------------------------------------------------------------- gathers and cached derived tensors
 
 
+def window_gather(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> Tensor:
+    """Cyclic shift + window partition of an (already padded) (H, W) grid as one (H*W,) token index.
+
+    Entry (window (i, j), offset (a, b)) is the source token of rolled position
+    (i M_h + a, j M_w + b): row (i M_h + a + s_h) mod H, column likewise.
+    Built by broadcasting aranges, with no reshape of a permuted tensor, so a
+    traced graph keeps the sizes symbolic.
+    """
+    (H, W), (wh, ww), (sh, sw) = grid, window, shift
+    i = torch.arange(H // wh)[:, None, None, None]
+    j = torch.arange(W // ww)[None, :, None, None]
+    a = torch.arange(wh)[None, None, :, None]
+    b = torch.arange(ww)[None, None, None, :]
+    rows = _wrap(i * wh + a + sh, H)  # after a roll by -s, row r holds row r + s
+    cols = _wrap(j * ww + b + sw, W)
+    return (rows * W + cols).reshape(-1)  # (nh, nw, M_h, M_w) -> (nW * N,)
+
+
+def _wrap(v: Tensor, n) -> Tensor:
+    """v mod n for v in [-n, 2n): a comparison instead of `%`, which ONNX cannot take with a symbolic n."""
+    return torch.where(v >= n, v - n, torch.where(v < 0, v + n, v))
+
+
 def window_order(grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """Cyclic shift + window partition of an (already padded) (H, W) grid as one token permutation.
+    """`window_gather` and its inverse permutation.
 
     Returns `(to_windows, to_grid)`, two (H*W,) indices: for x of shape
     (B, H, W, C), `x.flatten(1, 2)[:, to_windows]` equals
     `window_partition(cyclic_shift(x, shift), window)` flattened to
     (B, nW*N, C), and `windows[:, to_grid]` undoes it.
     """
-    H, W = grid
-    sh, sw = shift
-    rows = (torch.arange(H) + sh) % H  # after a roll by -s, row r holds row r + s
-    cols = (torch.arange(W) + sw) % W
-    index = (rows[:, None] * W + cols[None, :])[None, :, :, None]  # (1, H, W, 1) source token ids
-    to_windows = window_partition(index, window).reshape(-1)  # (nW * N,)
+    to_windows = window_gather(grid, window, shift)
     return to_windows, torch.argsort(to_windows)
 
 
+def map_order(
+    size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> Tensor:
+    """Merge + reverse shift + crop as one gather: (H*W,) index into the windows of the padded, rolled grid.
+
+    For windows (B, nW*N, C) of the (Hp, Wp) grid rolled by -shift, `windows[:, index]`
+    is the (B, H*W, C) map without its padding, row-major. Token (r, c) sits at
+    rolled position ((r - s_h) mod Hp, (c - s_w) mod Wp), inside window
+    (row // M_h, col // M_w) at offset (row mod M_h, col mod M_w). Built from
+    the sizes alone, so a traced graph keeps H, W symbolic (no crop of Hp to H).
+    """
+    (H, W), (Hp, Wp), (wh, ww), (sh, sw) = size, padded, window, shift
+    rows = _wrap(torch.arange(H) - sh, Hp)
+    cols = _wrap(torch.arange(W) - sw, Wp)
+    win = (rows // wh)[:, None] * (Wp // ww) + (cols // ww)[None, :]
+    offset = (rows % wh)[:, None] * ww + (cols % ww)[None, :]
+    return (win * (wh * ww) + offset).reshape(-1)
+
+
 @functools.lru_cache(maxsize=64)
-def _cached_window_order(grid, window, shift, device) -> tuple[Tensor, Tensor]:
+def _cached_map_order(size, padded, window, shift, device) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return map_order(size, padded, window, shift).to(device)
+
+
+def cached_map_order(
+    size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
+) -> Tensor:
+    """`map_order` on `device`, cached in eager mode (computed in the graph when traced: sizes may be symbolic)."""
+    if torch.compiler.is_compiling():
+        return map_order(size, padded, window, shift).to(device)
+    return _cached_map_order(size, padded, window, shift, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_window_gather(grid, window, shift, device) -> Tensor:
     with torch.inference_mode(False), torch.no_grad():  # one tensor serves inference and training
-        return tuple(t.to(device) for t in window_order(grid, window, shift))
+        return window_gather(grid, window, shift).to(device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -87,13 +141,13 @@ def _cached_shift_mask(grid, window, shift, device) -> Tensor:
         return shifted_window_mask(grid, window, shift).to(device)
 
 
-def cached_window_order(
+def cached_window_gather(
     grid: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], device: torch.device
-) -> tuple[Tensor, Tensor]:
-    """`window_order` on `device`, cached in eager mode (traced constants under torch.compile)."""
+) -> Tensor:
+    """`window_gather` on `device`, cached in eager mode (computed in the graph when traced)."""
     if torch.compiler.is_compiling():
-        return tuple(t.to(device) for t in window_order(grid, window, shift))
-    return _cached_window_order(grid, window, shift, device)
+        return window_gather(grid, window, shift).to(device)
+    return _cached_window_gather(grid, window, shift, device)
 
 
 def cached_shift_mask(
@@ -103,6 +157,29 @@ def cached_shift_mask(
     if torch.compiler.is_compiling():
         return shifted_window_mask(grid, window, shift).to(device)
     return _cached_shift_mask(grid, window, shift, device)
+
+
+def traced_window_and_shift(
+    grid: tuple, window: tuple[int, int], shifted: bool
+) -> tuple[tuple[int, int], tuple]:
+    """`stage_window` for symbolic (traced) sizes of at least the window, without a branch on the size.
+
+    Such a map keeps the window; SW-MSA shifts by half of it only when the map is
+    larger than the window on both axes. `on` is that condition as a number
+    (min(H, M + 1) - M is 1 above the window and 0 at it), so one graph holds
+    both cases. Maps smaller than the window are outside an exported graph's
+    range (`SwinTransformer.min_dynamic_size`).
+    """
+    (H, W), (wh, ww) = grid, window
+    if not shifted:
+        return window, (0, 0)
+    on = (torch.sym_min(H, wh + 1) - wh) * (torch.sym_min(W, ww + 1) - ww)
+    return window, ((wh // 2) * on, (ww // 2) * on)
+
+
+def is_symbolic(*sizes) -> bool:
+    """Whether any size is a traced symbol (torch.export / dynamic torch.compile) rather than an int."""
+    return any(isinstance(v, torch.SymInt) for v in sizes)
 
 
 # ---------------------------------------------------------------- the fast path
@@ -177,17 +254,21 @@ class SwinFastPath:
     def msa(self, block: SwinBlock, x: Tensor, chunk: int | None) -> Tensor:
         """`block.msa(x)` for a normalised (B, H, W, C) map: the notes' steps as two gathers."""
         B, H, W, C = x.shape
-        window, shift = block.window_and_shift((H, W))
+        traced = is_symbolic(H, W)
+        window, shift = traced_window_and_shift((H, W), block.window, block.shifted) if traced else block.window_and_shift((H, W))
         x = pad_to_windows(x, window)  # (B, Hp, Wp, C)
         Hp, Wp = x.shape[1], x.shape[2]
         N = window[0] * window[1]
-        mask = cached_shift_mask((Hp, Wp), window, shift, x.device) if shift[0] or shift[1] else None
+        # traced: the shift may be 0 or M/2 in one graph; the mask of a zero shift is all zeros
+        shifted = block.shifted if traced else bool(shift[0] or shift[1])
+        mask = cached_shift_mask((Hp, Wp), window, shift, x.device) if shifted else None
         bias = self.window_bias(block.attn, mask, window, block.attn.matmul_dtype or x.dtype)  # B + mask
-        to_windows, to_grid = cached_window_order((Hp, Wp), window, shift, x.device)
-        windows = x.flatten(1, 2).index_select(1, to_windows).view(B, Hp * Wp // N, N, C)  # shift + partition
+        to_windows = cached_window_gather((Hp, Wp), window, shift, x.device)
+        nW = (Hp // window[0]) * (Wp // window[1])
+        windows = x.flatten(1, 2).index_select(1, to_windows).view(B, nW, N, C)  # shift + partition
         windows = self.attend(block.attn, windows, bias, chunk)  # (B, nW, N, C)
-        x = windows.flatten(1, 2).index_select(1, to_grid).view(B, Hp, Wp, C)  # merge + reverse shift
-        return x[:, :H, :W]  # crop the padding
+        to_map = cached_map_order((H, W), (Hp, Wp), window, shift, x.device)
+        return windows.flatten(1, 2).index_select(1, to_map).view(B, H, W, C)  # merge + reverse shift + crop
 
     @staticmethod
     def attend(attn: WindowAttention, windows: Tensor, bias: Tensor | None, chunk: int | None) -> Tensor:
