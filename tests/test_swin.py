@@ -11,7 +11,7 @@ from tessera.layers.window_attention import MASK_VALUE, cyclic_shift
 from tessera.models import swin as swin_mod
 from tessera.models import swin_fast
 from tessera.models.swin import SwinBlock, SwinConfig, SwinTransformer, shifted_window_attention, stage_window
-from tessera.models.swin_fast import SwinFastPath, window_order
+from tessera.models.swin_fast import SwinFastPath, map_order, traced_window_and_shift, window_order
 
 TINY = dict(img_size=32, patch_size=2, embed_dim=32, depths=(2, 2), num_heads=(2, 4), window_size=4)
 
@@ -708,3 +708,24 @@ def test_swin_tiny_params_and_macs_match_the_paper():
     params, macs = tessera.profile(model, (3, 224, 224))
     assert abs(params / 28.3e6 - 1) < 0.02, params
     assert abs(macs / 4.5e9 - 1) < 0.02, macs
+
+
+def test_map_order_is_merge_reverse_shift_and_crop_in_one_gather():
+    """The fast path's way back from windows: window_reverse + reverse roll + crop of the padding."""
+    from tessera.layers.window_attention import pad_to_windows, reverse_cyclic_shift
+
+    x = torch.randn(2, 9, 10, 3)
+    for window, shift in [((4, 4), (2, 2)), ((4, 5), (0, 0)), ((3, 5), (1, 2))]:
+        padded = pad_to_windows(x, window)
+        Hp, Wp = padded.shape[1:3]
+        windows = window_partition(cyclic_shift(padded, shift), window)  # (B, nW, N, C)
+        expected = reverse_cyclic_shift(window_reverse(windows, window, (Hp, Wp)), shift)[:, :9, :10]
+        index = map_order((9, 10), (Hp, Wp), window, shift)
+        assert torch.equal(windows.flatten(1, 2)[:, index].view(2, 9, 10, 3), expected)
+
+
+def test_traced_shift_rule_matches_stage_window_from_one_window_up():
+    """Symbolic sizes: the shift switches off at exactly one window, as `stage_window` does, without a branch."""
+    for grid in [(4, 4), (4, 9), (5, 5), (12, 8)]:
+        assert traced_window_and_shift(grid, (4, 4), True) == stage_window(grid, (4, 4), True)
+        assert traced_window_and_shift(grid, (4, 4), False) == stage_window(grid, (4, 4), False)
