@@ -234,6 +234,24 @@ def test_transformers_configs_that_do_not_fit_are_refused():
     assert name == "dpt_vit_base_patch16_384_depth" and ov["layers"] == (0, 1, 2, 3)
 
 
+def test_upernet_auxiliary_in_channels_of_the_published_configs_is_read():
+    """transformers' Swin-UperNet conversion writes auxiliary_in_channels (384 for Swin-T, as in
+    openmmlab/upernet-swin-tiny): the width of level 2, which the auxiliary head reads anyway, so it
+    loads; any other width would need a head tessera does not build and is refused (issue 18)."""
+    stages = ["stage1", "stage2", "stage3", "stage4"]
+    swin_t = {"model_type": "swin", "embed_dim": 96, "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24],
+              "window_size": 7, "patch_size": 4, "out_features": stages}
+    config = {"model_type": "upernet", "backbone_config": swin_t, "auxiliary_in_channels": 384, "num_labels": 150}
+    name, ov = transformers_overrides(config)
+    assert name == "upernet_swin_tiny" and ov["aux_head"] and ov["aux_index"] == 2
+    # stages 2-4 only: level 2 is stage 4 (768 channels)
+    _, ov = transformers_overrides({**config, "backbone_config": {**swin_t, "out_features": stages[1:]},
+                                    "auxiliary_in_channels": 768})
+    assert ov["layers"] == (1, 2, 3)
+    with pytest.raises(ValueError, match="auxiliary_in_channels=192"):
+        transformers_overrides({**config, "auxiliary_in_channels": 192})
+
+
 def _one_encoder_per_class() -> list[str]:
     from tessera.core.registry import builder_class
 

@@ -244,14 +244,22 @@ def transformers_overrides(config: str | Path | dict) -> tuple[str, dict[str, An
         outs = b.get("out_features") or ["stage1", "stage2", "stage3", "stage4"]
         layers = tuple(int(s.removeprefix("stage")) - 1 for s in outs)
         _require(all(s.startswith("stage") for s in outs) and min(layers) >= 0, f"out_features {outs}")
+        swin = _swin_args(b)
         aux = bool(c.get("use_auxiliary_head", True))
         if aux:
             _require(c.get("auxiliary_num_convs", 1) == 1, "auxiliary_num_convs != 1")
             _require(not c.get("auxiliary_concat_input", False), "auxiliary_concat_input=True")
-            _require(c.get("auxiliary_in_channels") is None, "auxiliary_in_channels set")
+            # transformers' conversion writes it (384 for Swin-T): fine when it is the width of the
+            # level the auxiliary head reads (level 2 of the selected stages), as tessera builds it
+            aux_in = c.get("auxiliary_in_channels")
+            widths = [swin["embed_dim"] * 2**i for i in layers]
+            _require(
+                aux_in is None or (len(widths) > 2 and aux_in == widths[2]),
+                f"auxiliary_in_channels={aux_in} (the auxiliary head reads level 2 of {widths})",
+            )
         ov = dict(
             encoder="swin_tiny_patch4_window7_224",
-            encoder_args=_swin_args(b),
+            encoder_args=swin,
             img_size=b.get("image_size", 224),
             in_chans=b.get("num_channels", 3),
             task="segmentation",
