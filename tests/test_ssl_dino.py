@@ -56,6 +56,24 @@ def test_head_last_layer_is_weight_normalised_and_bottleneck_l2():
     assert DINOHead(8, 16, 12, 4, norm_last_layer=False).last_layer.g is not None
 
 
+def test_bn_head_standardises_the_batch_in_the_eval_mode_teacher_too():
+    # The official teacher runs in train mode, so its head's BatchNorm uses batch statistics; tessera's
+    # EMA teacher runs in eval mode, where a BatchNorm with running statistics would not remove the
+    # batch's common part (and the near-identical random-init features of small data would collapse).
+    torch.manual_seed(0)
+    model = tiny(use_bn_in_head=True)
+    bns = [m for m in model.teacher.module.head.mlp if isinstance(m, torch.nn.BatchNorm1d)]
+    assert len(bns) == 2 and not model.teacher.module.training
+    C = bns[0].num_features
+    y = bns[0](torch.randn(6, C) + 5.0)  # a large common part
+    torch.testing.assert_close(y.mean(0), torch.zeros(C), atol=1e-5, rtol=0)
+    # patch tokens (B, N, C) go through the same head
+    head = DINOHead(8, 16, hidden_dim=12, bottleneck_dim=4, use_bn=True).eval()
+    tokens = torch.randn(3, 5, 8)
+    torch.testing.assert_close(head(tokens).reshape(15, 16), head(tokens.reshape(15, 8)))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in tiny().student.head.mlp)  # off by default
+
+
 def test_forward_changes_no_state_and_updates_do():
     model = tiny().train()
     g, l = model.example_inputs(4)
@@ -165,6 +183,25 @@ def test_full_crop_is_the_identity():
     torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
     flipped = random_resized_crops(x, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0)
     torch.testing.assert_close(flipped, x.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_translate_shifts_each_crop_by_at_most_that_many_pixels():
+    x = torch.zeros(64, 1, 16, 16)
+    x[..., 8, 8] = 1.0  # a point: its centroid in the crop tells the shift
+    g = torch.Generator().manual_seed(0)
+    y = random_resized_crops(x, 16, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, generator=g, translate=3)
+    grid = torch.arange(16.0)
+    w = y[:, 0]
+    cy = (w.sum(2) * grid).sum(1) / w.sum((1, 2))
+    cx = (w.sum(1) * grid).sum(1) / w.sum((1, 2))
+    shift = torch.stack([cy - 8, cx - 8], 1)
+    assert shift.abs().max() <= 3 + 1e-4
+    assert shift.abs().max() > 2  # it does shift, by different amounts per image
+    assert shift.std(0).min() > 0.5
+    # off by default: the same draws as before (no extra random numbers)
+    a = random_resized_crops(x, 16, (0.5, 1.0), generator=torch.Generator().manual_seed(1))
+    b = random_resized_crops(x, 16, (0.5, 1.0), generator=torch.Generator().manual_seed(1), translate=0)
+    assert torch.equal(a, b)
 
 
 def test_bad_views_are_clear_errors():

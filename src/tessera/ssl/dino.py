@@ -52,6 +52,8 @@ class DINOConfig:
         bottleneck_dim: width of the l2-normalised bottleneck before the last layer.
         head_layers: linear layers of the MLP (3: in -> hidden -> hidden -> bottleneck).
         norm_last_layer: fix the weight-norm scale g of the last layer to 1 (more stable).
+        use_bn_in_head: BatchNorm after each hidden layer of the head (the official code's
+            `use_bn_in_head`), always on batch statistics, for the EMA teacher too.
         student_temp: tau_s.
         teacher_temp: final tau_t (after the warm-up, `teacher_temperature`).
         warmup_teacher_temp: tau_t at the start of the warm-up.
@@ -68,6 +70,7 @@ class DINOConfig:
     bottleneck_dim: int = 256
     head_layers: int = 3
     norm_last_layer: bool = True
+    use_bn_in_head: bool = False
     student_temp: float = 0.1
     teacher_temp: float = 0.07
     warmup_teacher_temp: float = 0.04
@@ -202,7 +205,7 @@ class DINOHead(nn.Module):
 
     def __init__(
         self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-        layers: int = 3, norm_last_layer: bool = True,
+        layers: int = 3, norm_last_layer: bool = True, use_bn: bool = False,
     ) -> None:
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
@@ -210,6 +213,10 @@ class DINOHead(nn.Module):
         for i in range(layers):
             mlp.append(nn.Linear(dims[i], dims[i + 1]))
             if i < layers - 1:
+                if use_bn:
+                    # Batch statistics always (no running averages): the teacher, an EMA copy that
+                    # runs in eval mode, standardises its batch as the official (train-mode) teacher does.
+                    mlp.append(nn.BatchNorm1d(dims[i + 1], track_running_stats=False))
                 mlp.append(nn.GELU())
         self.mlp = nn.Sequential(*mlp)
         for m in self.mlp:
@@ -220,7 +227,10 @@ class DINOHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_dim) -> logits (..., K)."""
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        lead = x.shape[:-1]  # BatchNorm1d wants (N, C): flatten the leading dimensions
+        z = self.mlp(x.reshape(-1, x.shape[-1]))
+        z = z.reshape(*lead, z.shape[-1])
+        return self.last_layer(F.normalize(z, dim=-1))
 
 
 @dataclass
@@ -297,7 +307,7 @@ class DINO(TesseraModel):
         c = config
         encoder = build_encoder(c.encoder, c.encoder_args, use_mask_token=self.uses_mask_token)
         dim = encoder.feature_info[-1]["num_chs"]
-        head = DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers, c.norm_last_layer)
+        head = DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers, c.norm_last_layer, c.use_bn_in_head)
         self.student = DINONetwork(encoder, head, self._patch_head(dim))
         # The teacher starts as a copy of the student and never gets gradients.
         self.teacher = EMAModel(self.student, decay=c.teacher_momentum, warmup=False)

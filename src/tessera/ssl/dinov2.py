@@ -143,7 +143,7 @@ class DINOv2(DINO):
         c = self.config
         if not c.separate_patch_head:
             return None
-        return DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers, c.norm_last_layer)
+        return DINOHead(dim, c.out_dim, c.hidden_dim, c.bottleneck_dim, c.head_layers, c.norm_last_layer, c.use_bn_in_head)
 
     def example_inputs(self, batch_size: int = 2) -> tuple[Tensor, Tensor, Tensor]:
         """Global and local crops and a fixed mask (first image of each global view masked)."""

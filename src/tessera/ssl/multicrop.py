@@ -30,6 +30,7 @@ def random_resized_crops(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: float = 0.5,
     generator: torch.Generator | None = None,
+    translate: float = 0.0,
 ) -> Tensor:
     """One random resized crop per image, resampled bilinearly to `size` x `size`.
 
@@ -40,6 +41,8 @@ def random_resized_crops(
         ratio: range of the crop's aspect ratio (width / height), drawn log-uniformly.
         hflip: probability of mirroring each crop.
         generator: RNG for the boxes (None: the global one).
+        translate: shift each box further by up to this many input pixels in x and y, past the
+            image border (edge values fill in): the digits' shift robustness (0: off, no draw).
 
     Returns:
         (B, C, size, size).
@@ -55,6 +58,9 @@ def random_resized_crops(
     cx = (1 - w) * (2 * torch.rand(B, generator=generator) - 1)  # centre in [-1 + w, 1 - w]
     cy = (1 - h) * (2 * torch.rand(B, generator=generator) - 1)
     flip = torch.where(torch.rand(B, generator=generator) < hflip, -1.0, 1.0)
+    if translate > 0:  # pixels -> normalised coordinates (the image spans 2)
+        cx = cx + translate * 2 / x.shape[-1] * (2 * torch.rand(B, generator=generator) - 1)
+        cy = cy + translate * 2 / x.shape[-2] * (2 * torch.rand(B, generator=generator) - 1)
     theta = torch.zeros(B, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx  # output x in [-1, 1] -> input x in the box
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
@@ -84,6 +90,8 @@ def jitter(x: Tensor, strength: float, p: float, generator: torch.Generator | No
 class MultiCrop:
     """2 global + `num_local` local crops of a batch (DINO's defaults: 224 / 96 px, 8 local).
 
+    `translate` (input pixels) shifts every crop further, for data whose test images are shifted.
+
     Calling it on (B, C, H, W) gives (global (2, B, C, G, G), local (V, B, C, L, L)).
     """
 
@@ -96,6 +104,7 @@ class MultiCrop:
     hflip: float = 0.5
     jitter: float = 0.4
     jitter_p: float = 0.8
+    translate: float = 0.0
 
     def __post_init__(self) -> None:
         if self.global_size < 1 or self.local_size < 1 or self.num_local < 0:
@@ -110,7 +119,7 @@ class MultiCrop:
             raise ValueError(f"expected a 4-D image batch (B, C, H, W), got shape {tuple(x.shape)}")
 
         def crop(size: int, scale: tuple[float, float]) -> Tensor:
-            v = random_resized_crops(x, size, scale, self.ratio, self.hflip, generator)
+            v = random_resized_crops(x, size, scale, self.ratio, self.hflip, generator, self.translate)
             return jitter(v, self.jitter, self.jitter_p, generator)
 
         globals_ = torch.stack([crop(self.global_size, self.global_scale) for _ in range(2)])

@@ -177,6 +177,7 @@ class DINOTask(_SSLTask):
         local_crop_scale: area range of the local crops (DINO: 0.05-0.4).
         hflip: flip probability of every crop (0 for digits and text).
         jitter: brightness / contrast strength of every crop (DINO's colour jitter: 0.4).
+        translate: shift every crop by up to this many pixels more (0: off; the digits' test shift).
         collapse_patience: stop when the teacher stays collapsed this many steps in a row (0: never).
     """
 
@@ -199,6 +200,7 @@ class DINOTask(_SSLTask):
         local_crop_scale: tuple[float, float] = (0.05, 0.4),
         hflip: float = 0.5,
         jitter: float = 0.4,
+        translate: float = 0.0,
         collapse_patience: int = 0,
     ) -> None:
         super().__init__()
@@ -213,7 +215,7 @@ class DINOTask(_SSLTask):
         return MultiCrop(
             global_size=x.shape[-1], local_size=c.local_crop_size, num_local=c.num_local_crops,
             global_scale=tuple(hp.global_crop_scale), local_scale=tuple(hp.local_crop_scale),
-            hflip=hp.hflip, jitter=hp.jitter,
+            hflip=hp.hflip, jitter=hp.jitter, translate=hp.translate,
         )
 
     def teacher_temp(self) -> float:

@@ -1,0 +1,58 @@
+"""`tessera reproduce ssl-data-hunger`: the quick form runs end to end; its DINO recipe is the config's."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tessera.cli import main
+from tessera.experiments import experiments
+from tessera.experiments.ssl_data_hunger import ENCODER, dino_task, simmim_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_registered():
+    assert "ssl-data-hunger" in experiments()
+
+
+def test_dino_recipe_is_the_one_of_configs_dino_digits():
+    cfg = yaml.safe_load((ROOT / "configs" / "dino_digits.yaml").read_text())["model"]
+    task = dino_task(ENCODER)
+    assert cfg["class_path"] == task["class_path"]
+    for key, value in task["init_args"].items():
+        assert cfg["init_args"][key] == value, key
+
+
+def test_simmim_recipe_uses_the_same_encoder_as_configs_simmim_digits():
+    cfg = yaml.safe_load((ROOT / "configs" / "simmim_digits.yaml").read_text())["model"]["init_args"]
+    task = simmim_task(ENCODER)["init_args"]
+    assert cfg["model_args"] == task["model_args"]
+    assert {k: cfg[k] for k in ("lr", "weight_decay", "crop_scale", "hflip")} == {
+        k: task[k] for k in ("lr", "weight_decay", "crop_scale", "hflip")}
+
+
+@pytest.mark.slow
+def test_quick_writes_the_label_fraction_table(tmp_path, one_thread):
+    assert main(["reproduce", "ssl-data-hunger", "--quick", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    names = [r["initialisation"] for r in result["rows"]]
+    assert names == ["raw pixels (no encoder)", "from scratch", "SimMIM", "DINO", "DINOv2 objective"]
+    for name in names[1:]:
+        raw = result["raw"][name]
+        assert 0.0 <= raw["knn"] <= 1.0
+        for frac in ("0.01", "0.1", "1.0"):
+            assert len(raw["finetune"][frac]) == len(raw["probe"][frac]) == 2
+    assert result["raw"]["from scratch"]["pretrain_seconds"] is None
+    assert result["raw"]["DINO"]["pretrain_seconds"] > 0
+    assert "| initialisation |" in (tmp_path / "results.md").read_text()
