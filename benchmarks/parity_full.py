@@ -18,8 +18,9 @@ loader for that family, and both are run on the same input:
 - sd_unet:    diffusers UNet2DConditionModel, SD v1.5 (320-640-1280-1280, 8 heads, context
               768), 64x64x4 latent, a 77x768 context, one timestep: the eps prediction.
               Loader: tessera.diffusion.ldm_convert.load_diffusers_folder(folder).
-- dpt_depth:  transformers DPTForDepthEstimation, DPT-Large (ViT-L/16, 384 px), at 384 and a
-              non-square 512x384 (positions resampled). Loader: tessera.dense.from_transformers.
+- dpt_depth:  transformers DPTForDepthEstimation, DPT-Large (ViT-L/16, 384 px), at 384 and 480
+              (positions resampled; transformers' DPT fails on non-square inputs: its neck reshapes
+              the tokens to a square grid). Loader: tessera.dense.from_transformers.
 - dpt_seg:    transformers DPTForSemanticSegmentation, DPT-Large ADE20k (150 classes, batch
               norm in the fusion blocks, auxiliary head), 384 px: logits and auxiliary logits.
 - upernet:    transformers UperNetForSemanticSegmentation, UPerNet Swin-T (96, 2-2-6-2,
@@ -27,6 +28,8 @@ loader for that family, and both are run on the same input:
 - dinov2:     transformers Dinov2Model, dinov2-base (ViT-B/14, 518 px positions, layer scale),
               at 224 (positions interpolated), 518 (native) and 308x224 (non-square): the
               last hidden state. Loader: tessera.io.convert.dinov2.load_dinov2_transformers.
+- dinov2_reg: the same with transformers Dinov2WithRegistersModel (dinov2-with-registers-base:
+              4 register tokens, antialiased position resampling).
 
 `rel` is max|diff| / max|ref|; a converter is taken to be right when rel < 1e-4 (`ok`).
 The table is printed and appended to benchmarks/results.jsonl (benchmarks/common.py). Peak
@@ -210,7 +213,7 @@ def case_dpt_depth(tmp: Path) -> list[dict]:
     peer.save_pretrained(tmp)
     ours = from_transformers(tmp).eval()
     n, rows = params_m(peer), []
-    for h, w in ((384, 384), (512, 384)):
+    for h, w in ((384, 384), (480, 480)):  # transformers' DPT reshapes its tokens to a square grid
         x = images(h, w)
         with torch.no_grad():
             rows.append(compare("dpt_depth", f"depth {h}x{w}", ours(x), peer(pixel_values=x).predicted_depth[:, None], n))
@@ -271,24 +274,36 @@ def case_upernet(tmp: Path) -> list[dict]:
 # ------------------------------------------------------------------ DINOv2 (transformers)
 
 
-def case_dinov2(tmp: Path) -> list[dict]:
-    from transformers import Dinov2Config, Dinov2Model
+DINOV2_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, image_size=518,
+                   patch_size=14, layerscale_value=1.0, layer_norm_eps=1e-6)  # facebook/dinov2-base
 
+
+def _dinov2(case: str, peer: torch.nn.Module, tmp: Path) -> list[dict]:
     from tessera.io.convert.dinov2 import load_dinov2_transformers
 
-    # facebook/dinov2-base: ViT-B/14, positions for 518 px (37 x 37), layer scale
-    cfg = Dinov2Config(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4, image_size=518,
-                       patch_size=14, layerscale_value=1.0, layer_norm_eps=1e-6)
-    peer = randomize(Dinov2Model(cfg))
-    peer.save_pretrained(tmp)
+    randomize(peer).save_pretrained(tmp)
     ours = load_dinov2_transformers(tmp)
     n, rows = params_m(peer), []
-    for h, w in ((224, 224), (518, 518), (308, 224)):
+    for h, w in ((224, 224), (518, 518), (308, 224)):  # interpolated positions, native 37 x 37, non-square
         x = images(h, w)
         with torch.no_grad():
             ref = peer(pixel_values=x).last_hidden_state
-            rows.append(compare("dinov2", f"tokens {h}x{w}", ours.forward_tokens(x), ref, n))
+            rows.append(compare(case, f"tokens {h}x{w}", ours.forward_tokens(x), ref, n))
     return rows
+
+
+def case_dinov2(tmp: Path) -> list[dict]:
+    from transformers import Dinov2Config, Dinov2Model
+
+    return _dinov2("dinov2", Dinov2Model(Dinov2Config(**DINOV2_BASE)), tmp)
+
+
+def case_dinov2_reg(tmp: Path) -> list[dict]:
+    """facebook/dinov2-with-registers-base: 4 register tokens, positions resampled with antialiasing."""
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    cfg = Dinov2WithRegistersConfig(**DINOV2_BASE, num_register_tokens=4)
+    return _dinov2("dinov2_reg", Dinov2WithRegistersModel(cfg), tmp)
 
 
 CASES: dict[str, Callable[[Path], list[dict]]] = {
@@ -299,6 +314,7 @@ CASES: dict[str, Callable[[Path], list[dict]]] = {
     "dpt_seg": case_dpt_seg,
     "upernet": case_upernet,
     "dinov2": case_dinov2,
+    "dinov2_reg": case_dinov2_reg,
 }
 
 
