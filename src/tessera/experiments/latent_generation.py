@@ -300,7 +300,8 @@ def pixel_vs_latent(out: Path, quick: bool = False) -> dict:
     notes = (f"Same machine, same process, torch threads = {torch.get_num_threads()}; train step = forward + backward + "
              f"AdamW on fresh weights (best of {repeats}); the LDM trains on cached latents, the encode column is what "
              f"encoding on the fly would add. Sampling: DDIM {steps} (pixel: x0 clipped to [-1, 1]), LDM time includes "
-             f"decoding. Both runs had the same wall-clock budget (configs' max_time). {per_class} samples per class.")
+             f"decoding. Training budgets are the runs' own (their configs; steps trained in the table). "
+             f"{per_class} samples per class.")
     return write_results(out, "Pixel-space DDPM vs latent diffusion (Fashion-MNIST 32 px)", cols, rows,
                          {"raw": raw, "runs": runs}, notes)
 
