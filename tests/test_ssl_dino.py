@@ -204,6 +204,23 @@ def test_translate_shifts_each_crop_by_at_most_that_many_pixels():
     assert torch.equal(a, b)
 
 
+def test_fine_tuning_the_frozen_teacher_trains_its_weights():
+    # DINO's features_encoder is the EMA teacher, whose parameters never take gradients: fine-tuning
+    # a copy of it must still train the encoder, not only the new linear head.
+    from tessera.eval.probe import fine_tune
+
+    torch.manual_seed(0)
+    model = tiny()
+    teacher = model.features_encoder
+    assert not any(p.requires_grad for p in teacher.parameters())
+    x, y = torch.randn(8, 3, 32, 32), torch.arange(8) % 2
+    res = fine_tune(teacher, (x, y), (x, y), epochs=2, lr=1e-2, batch_size=4)
+    before = dict(teacher.named_parameters())
+    changed = [n for n, p in res.classifier.encoder.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) > len(before) // 2
+    assert not any(p.requires_grad for p in teacher.parameters())  # the original is left as it is
+
+
 def test_bad_views_are_clear_errors():
     model = tiny()
     g, l = model.example_inputs(2)

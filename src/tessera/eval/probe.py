@@ -147,7 +147,8 @@ def fine_tune(
     x, y = train
     K = int(max(y.max(), test[1].max())) + 1
     torch.manual_seed(seed)
-    model = EncoderClassifier(copy.deepcopy(encoder), K)
+    # every weight trains, even when `encoder` comes frozen (an EMA teacher: DINO's features_encoder)
+    model = EncoderClassifier(copy.deepcopy(encoder).requires_grad_(True), K)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     opt = torch.optim.AdamW(

@@ -12,12 +12,14 @@ each over `seeds` seeds (the seed draws the labelled subset, the head and the
 order). Test images are shifted by up to +-4 px, as in the issue's baselines
 (raw-pixel k-NN 71%, random-init conv encoder 53%); the k-NN column is DINO's
 weighted k-NN (k = 20, T = 0.07) of the frozen features with all labels.
+A finished pre-training run in OUT/runs/ (its pretrain.json) is reused.
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -176,8 +178,13 @@ def run(out: Path, quick: bool = False, seeds: int = 3, epochs: int | None = Non
     for name in methods:
         build, default_epochs, clip = METHODS[name]
         run_dir = out / "runs" / name.split()[0].lower()
-        metrics = pretrain(run_dir, build(encoder), epochs=1 if quick else (epochs or default_epochs), clip=clip,
-                           limit_batches=limit)
+        done = run_dir / "pretrain.json"
+        if done.is_file():  # a finished pre-training in OUT is reused (delete OUT/runs/NAME to redo it)
+            metrics = json.loads(done.read_text())
+        else:
+            metrics = pretrain(run_dir, build(encoder), epochs=1 if quick else (epochs or default_epochs), clip=clip,
+                               limit_batches=limit)
+            done.write_text(json.dumps(metrics))
         inits[name] = (pretrained_encoder(run_dir), metrics["seconds"])
         pretrain_metrics[name] = metrics
 
