@@ -72,15 +72,6 @@ TINY_RUN = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    # 8x8 images: thread start-up costs more than it saves (and a shared CPU oversubscribes)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 def test_diffusion_task_trains_through_tessera_fit_and_samples(tmp_path, capsys, one_thread):
     pytest.importorskip("lightning")

@@ -24,14 +24,7 @@ from tessera.energy.evaluate import (
 )
 
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: a second thread only adds start-up and, on a shared CPU, spin-waiting
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("name", sorted(TOY_DENSITIES))
 def test_toy_density_is_normalised_and_matches_its_samples(name):

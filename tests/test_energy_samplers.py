@@ -23,13 +23,7 @@ from tessera.energy import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: a second thread only adds start-up and, on a shared CPU, spin-waiting
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_CHAINS = 2000
 Z = 4.5  # standard errors allowed

@@ -44,12 +44,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fit(tmp_path, name: str, *extra: str, cfg: dict | None = None) -> int:
@@ -103,7 +98,6 @@ def test_tiny_fit_writes_metrics_density_and_exported_energy(tmp_path, one_threa
     assert main(["ebm-eval", "samplers", "--run", str(run), "--steps", "20"]) == 0
     report = json.loads((run / "ebm_eval_samplers.json").read_text())
     assert set(report["samplers"]) >= {"metropolis_s0.5", "langevin_eps0.01", "mala_eps0.05"}
-
 
 
 @pytest.mark.slow

@@ -11,14 +11,6 @@ import yaml
 from tessera.cli import main
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_latent_generation_experiments_are_registered():
     from tessera.experiments import experiments
 

@@ -46,14 +46,6 @@ TINY_RUN = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _fit(tmp_path, cfg, name="run", *extra):
     from tessera.cli import main
 

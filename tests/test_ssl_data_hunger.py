@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from tessera.cli import main
@@ -12,14 +11,6 @@ from tessera.experiments import experiments
 from tessera.experiments.ssl_data_hunger import ENCODER, dino_task, simmim_task
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_registered():

@@ -38,14 +38,6 @@ def dino_argv(root: Path, *extra: str, steps: int = 6, model: str = "dino_vit_sm
     ]
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dino_run(tmp_path_factory):
     from tessera.train.cli import lightning_main

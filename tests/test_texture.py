@@ -18,13 +18,7 @@ from tessera.energy.texture import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 64x64 FFTs: thread start-up costs more than it saves (and a shared CPU oversubscribes)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stripes(size: int = 64, seed: int = 0) -> torch.Tensor:

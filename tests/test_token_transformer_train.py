@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 VQ = {"channels": [8, 16], "layers_per_block": 1, "norm_groups": 4, "latent_channels": 4, "embed_dim": 4,
@@ -32,14 +31,6 @@ DIGITS = {"class_path": "tessera.data.DigitsDataModule",
 CAPTIONS = {"class_path": "tessera.data.captions.DigitCaptionsDataModule",
             "init_args": {"img_size": 8, "in_chans": 1, "batch_size": 8, "normalize": "signed", "context_length": 6,
                           "vocab_size": 300, "augment": {"enabled": False}}}
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.mark.slow
