@@ -7,6 +7,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def pad_amount(n: int, multiple: int) -> int:
+    """How much to add to n to reach the next multiple: ceil(n / m) * m - n (= -n % m).
+
+    Written as a ceiling so that traced symbolic sizes stay provably divisible
+    (torch.export simplifies (m * k) // m to k, not (n + -n % m) // m).
+    """
+    return (n + multiple - 1) // multiple * multiple - n
+
+
 def to_2tuple(x: int | tuple[int, int]) -> tuple[int, int]:
     """`7 -> (7, 7)`; a pair is returned as a tuple."""
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
@@ -66,7 +75,7 @@ class PatchEmbed(nn.Module):
         check_image_batch(x, self.in_chans, self.patch_size)
         ph, pw = self.patch_size
         if self.pad:
-            x = F.pad(x, (0, (x.shape[3] + pw - 1) // pw * pw - x.shape[3], 0, (x.shape[2] + ph - 1) // ph * ph - x.shape[2]))
+            x = F.pad(x, (0, pad_amount(x.shape[3], pw), 0, pad_amount(x.shape[2], ph)))
         x = self.proj(x).permute(0, 2, 3, 1)  # (B, H', W', C)
         return self.norm(x)
 

@@ -20,7 +20,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from tessera.layers.attention import attend
-from tessera.layers.patch_embed import to_2tuple
+from tessera.layers.patch_embed import pad_amount, to_2tuple
 from tessera.layers.pos_embed import RelativePositionBias
 
 # Additive mask value between tokens of different sub-windows. The official
@@ -81,15 +81,6 @@ def shifted_window_mask(grid: tuple[int, int], window: tuple[int, int], shift: t
     region = (rows * 3 + cols).reshape(-1, wh * ww)  # (nh, nw, M_h, M_w) -> (nW, N)
     same = region[:, :, None] == region[:, None, :]  # (nW, N, N)
     return torch.zeros(same.shape).masked_fill_(~same, MASK_VALUE)
-
-
-def pad_amount(n: int, multiple: int) -> int:
-    """How much to add to n to reach the next multiple: ceil(n / m) * m - n (= -n % m).
-
-    Written as a ceiling so that traced symbolic sizes stay provably divisible
-    (torch.export simplifies (m * k) // m to k, not (n + -n % m) // m).
-    """
-    return (n + multiple - 1) // multiple * multiple - n
 
 
 def pad_to_windows(x: Tensor, window: tuple[int, int]) -> Tensor:

@@ -533,8 +533,9 @@ class SwinTransformer(TesseraModel):
         side = c.patch_size
         while True:
             grid = math.ceil(side / c.patch_size)
-            grids = [grid := (grid if i == 0 else math.ceil(grid / 2)) for i in range(len(c.depths))]
-            if min(grids) >= window:
+            for _ in c.depths[1:]:  # patch merging halves the grid (rounding up): the last stage is the smallest
+                grid = math.ceil(grid / 2)
+            if grid >= window:
                 return side
             side += c.patch_size
 
