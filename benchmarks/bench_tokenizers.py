@@ -14,7 +14,8 @@ agree within 1e-4. Reported: images/s and the ratio tessera / diffusers (> 1: te
 eval: each run folder's exported model reconstructs the Fashion-MNIST test images; reported:
 PSNR (dB, images in [0, 1]), the Fréchet distance between classifier features of the
 originals and of the reconstructions (the classifier: a tessera run, trained on the same
-data), codebook usage (codes used at least once over the test set) and perplexity, and the
+data), sharpness (Laplacian energy of the reconstructions over the originals': 1 = as much
+fine detail, below 1 = blurred; `tessera.eval.sharpness`), codebook usage (codes used at least once over the test set) and perplexity, and the
 usage / perplexity at the end of training from the run's metrics.csv. `--grid` writes the
 originals above one row of reconstructions per run, for looking at sharpness.
 """
@@ -133,6 +134,7 @@ def evaluate(args: argparse.Namespace) -> None:
     from tessera.core import create_model
     from tessera.data.idx import IDXDataModule
     from tessera.eval.frechet import classifier_features, frechet_distance_features
+    from tessera.eval.sharpness import sharpness_ratio
     from tessera.io.checkpoint import read_tessera_config
     from tessera.layers.quantizers import codebook_perplexity
 
@@ -161,6 +163,7 @@ def evaluate(args: argparse.Namespace) -> None:
             "run": run.name, "model": meta["architecture"],
             "psnr_db": round(float((10 * torch.log10(1 / mse)).mean()), 2),
             "frechet": round(frechet_distance_features(feats_real, feats), 3),
+            "sharpness": round(sharpness_ratio(rec, x), 3),
         }
         if codes:
             c = torch.cat(codes)
