@@ -7,9 +7,15 @@ torchvision). Mixer has no transformers implementation, so it is timed alone.
 Each pair shares its weights: the transformers model is built with random
 weights, saved, and loaded into tessera through `create_model(checkpoint=...)`,
 and the outputs are checked to agree before anything is timed. Both run in the
-same process with the same thread count and batch, in inference mode, fp32 and
-bf16 autocast. Timings alternate between the two models round by round so that
-a busy machine slows both alike; the median round is reported.
+same process with the same thread count and batch, in inference mode. Rows per
+precision: each library's plain modes (fp32; bf16 autocast and bf16 weights) and
+tessera's best mode (`optimize_for_inference`: the faster linear kernel per shape
+on this CPU, GELU fused; bf16: bf16 GEMMs where the CPU has bf16 arithmetic).
+Each row: img/s, the ratio to the fastest peer mode of that precision, and the
+model's MACs per second over this machine's GEMM peak for that precision
+(best of three sizes through aten and oneDNN, measured in the same run).
+Timings alternate between the modes round by round so that a busy machine
+slows all alike; the median round is reported.
 
     python benchmarks/bench_vit.py                      # batch 8, fp32 + bf16
     python benchmarks/bench_vit.py --quick              # a few iterations, smoke test
@@ -19,20 +25,22 @@ a busy machine slows both alike; the median round is reported.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record  # noqa: E402
+from common import matmul_peak_gflops, record  # noqa: E402
 
 import tessera  # noqa: E402
+from tessera.inference import kernel_choices, optimize_for_inference  # noqa: E402
 
 # name -> (tessera model, transformers classes or None, transformers config fields)
 PAIRS: dict[str, tuple[str, tuple[str, str] | None, dict]] = {
@@ -50,7 +58,12 @@ PAIRS: dict[str, tuple[str, tuple[str, str] | None, dict]] = {
 }
 
 
-def build_pair(key: str, folder: Path, device: torch.device) -> tuple[torch.nn.Module, Callable | None]:
+class Peer(NamedTuple):
+    module: torch.nn.Module
+    fn: Callable[[torch.Tensor], torch.Tensor]
+
+
+def build_pair(key: str, folder: Path, device: torch.device) -> tuple[torch.nn.Module, Peer | None]:
     """tessera model and, when there is one, a callable running the peer on the same weights."""
     name, peer, fields = PAIRS[key]
     if peer is None:
@@ -67,7 +80,7 @@ def build_pair(key: str, folder: Path, device: torch.device) -> tuple[torch.nn.M
     hf.save_pretrained(folder / key)
     ours = tessera.create_model(name, checkpoint=folder / key).to(device).eval()
     hf = hf.to(device)
-    return ours, lambda x: hf(pixel_values=x).logits
+    return ours, Peer(hf, lambda x: hf(pixel_values=x).logits)
 
 
 def autocast(dtype: str, device: torch.device):
@@ -92,15 +105,52 @@ def time_round(fn: Callable, x: torch.Tensor, iters: int, device: torch.device) 
     return (time.perf_counter() - t0) / iters
 
 
+def modes(ours: torch.nn.Module, peer: Callable | None, dtype: str, device: torch.device) -> dict[tuple[str, str], Callable]:
+    """{(library, mode): fn(x)} for one precision: each library's plain modes and tessera's best mode.
+
+    fp32: eager, and `optimize_for_inference` (per-shape kernel choice, fused GELU).
+    bf16: autocast and bf16 weights for both libraries, and tessera's
+    `optimize_for_inference(dtype="bf16")` (bf16 weights; bf16 GEMMs where the CPU has
+    bf16 arithmetic, fp32 GEMMs where it does not).
+    """
+    def under_autocast(fn: Callable) -> Callable:
+        return lambda x: _call_autocast(fn, x, device)
+
+    if dtype == "fp32":
+        best = optimize_for_inference(copy.deepcopy(ours)) if device.type == "cpu" else ours
+        out = {("tessera", "fp32 default"): ours, ("tessera", "fp32 optimize_for_inference"): best}
+        if peer is not None:
+            out[("transformers", "fp32")] = peer.fn
+        return out
+    weights = copy.deepcopy(ours).to(torch.bfloat16)
+    out = {
+        ("tessera", "bf16 autocast (default)"): under_autocast(ours),
+        ("tessera", "bf16 weights"): lambda x: weights(x.bfloat16()),
+    }
+    if device.type == "cpu":
+        best = optimize_for_inference(copy.deepcopy(ours), dtype="bf16")
+        out[("tessera", "bf16 optimize_for_inference")] = lambda x: best(x.bfloat16())
+    if peer is not None:
+        out[("transformers", "bf16 autocast")] = under_autocast(peer.fn)
+        peer_bf16 = copy.deepcopy(peer.module).to(torch.bfloat16)
+        out[("transformers", "bf16 weights")] = lambda x: peer_bf16(pixel_values=x.bfloat16()).logits
+    return out
+
+
+def _call_autocast(fn: Callable, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        return fn(x)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the comparison and print one line per (model, dtype)."""
+    """Run the comparison: one row per (model, precision, library, mode), with %GEMM peak."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median reported)")
-    p.add_argument("--iters", type=int, default=5, help="batches per round")
+    p.add_argument("--iters", type=int, default=3, help="batches per round")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="1 round of 1 batch: a smoke test, not a measurement")
@@ -111,46 +161,56 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 224, 224, device=device)
-
+    peaks = {}
+    if device.type == "cpu":
+        sizes = (256,) if args.quick else (1024, 2048, 3072)
+        peaks = {d: matmul_peak_gflops(getattr(torch, {"fp32": "float32", "bf16": "bfloat16"}[d]), sizes) for d in args.dtypes}
     print(f"torch {torch.__version__}, device {device}, threads {args.threads}, batch {args.batch}, "
-          f"{args.rounds} rounds x {args.iters} batches")
-    print(f"{'model':10s} {'dtype':5s} {'tessera img/s':>14s} {'peer img/s':>11s} {'ratio':>6s} {'max|diff|':>10s}")
+          f"{args.rounds} rounds x {args.iters} batches; GEMM peak GFLOP/s "
+          + ", ".join(f"{d} {v:.0f}" for d, v in peaks.items()))
     ok = True
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             ours, peer = build_pair(key, Path(tmp), device)
+            macs = tessera.profile(ours, (3, 224, 224))[1]
             for dtype in args.dtypes:
-                runners = {"tessera": ours} if peer is None else {"tessera": ours, "peer": peer}
-                with torch.inference_mode(), autocast(dtype, device):
-                    diff = float("nan")
-                    if peer is not None:
-                        a, b = ours(x).float(), peer(x).float()
-                        diff = (a - b).abs().max().item()
-                        # fp32: same math; bf16: both round, so only a loose bound.
-                        limit = 1e-3 if dtype == "fp32" else 0.1 * max(b.abs().max().item(), 1.0)
+                runners = modes(ours, peer, dtype, device)
+                with torch.inference_mode():
+                    reference = (peer.fn if peer is not None else ours)(x).float()
+                    diffs = {k: (fn(x).float() - reference).abs().max().item() for k, fn in runners.items()}
+                    # fp32: same math; bf16: every mode rounds, so only a loose bound.
+                    limit = 1e-3 if dtype == "fp32" else 0.1 * max(reference.abs().max().item(), 1.0)
+                    for k, diff in diffs.items():
                         if not diff <= limit:
                             ok = False
-                            print(f"  outputs disagree for {key} {dtype}: {diff:.3g} > {limit:.3g}", file=sys.stderr)
+                            print(f"  {key} {k}: outputs disagree with the fp32 reference by {diff:.3g} > {limit:.3g}", file=sys.stderr)
                     for fn in runners.values():
                         for _ in range(args.warmup):
                             fn(x)
-                    times: dict[str, list[float]] = {k: [] for k in runners}
+                    times: dict[tuple[str, str], list[float]] = {k: [] for k in runners}
                     for _ in range(args.rounds):
                         for k, fn in runners.items():
                             times[k].append(time_round(fn, x, args.iters, device))
                 ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
-                peer_ips = ips.get("peer")
-                ratio = f"{ips['tessera'] / peer_ips:6.2f}" if peer_ips else f"{'-':>6s}"
-                peer_txt = f"{peer_ips:11.1f}" if peer_ips else f"{'-':>11s}"
-                diff_txt = f"{diff:10.2e}" if peer is not None else f"{'-':>10s}"
-                print(f"{key:10s} {dtype:5s} {ips['tessera']:14.1f} {peer_txt} {ratio} {diff_txt}", flush=True)
-                rows.append({"model": key, "dtype": dtype, "tessera img/s": round(ips["tessera"], 2),
-                             "peer img/s": round(peer_ips, 2) if peer_ips else "", "ratio": ratio.strip(),
-                             "max|diff|": diff_txt.strip()})
+                peer_best = max((v for k, v in ips.items() if k[0] != "tessera"), default=None)
+                for k, v in ips.items():
+                    rows.append({
+                        "model": key, "library": k[0], "mode": k[1], "img/s": round(v, 2),
+                        "vs fastest peer": f"{v / peer_best:.2f}x" if peer_best else "-",
+                        "%GEMM peak": f"{100 * 2 * macs * v / 1e9 / peaks[dtype]:.0f}%" if peaks else "-",
+                        "max|diff|": f"{diffs[k]:.1e}",
+                    })
+                    r = rows[-1]
+                    print(f"{key:10s} {k[0]:12s} {k[1]:30s} {v:8.2f} img/s  {r['vs fastest peer']:>6s}  "
+                          f"{r['%GEMM peak']:>4s} of peak  diff {r['max|diff|']}", flush=True)
             del ours, peer
-    record(rows, ["model", "dtype", "tessera img/s", "peer img/s", "ratio", "max|diff|"],
-           f"batch {args.batch}, {args.rounds} rounds x {args.iters} batches, device {device}")
+    choices = kernel_choices()
+    picked = {c: sum(r["kernel"] == c for r in choices) for c in ("onednn", "aten")}
+    print(f"linear kernels chosen by optimize_for_inference (per shape, dtype): {picked}")
+    record(rows, ["model", "library", "mode", "img/s", "vs fastest peer", "%GEMM peak", "max|diff|"],
+           f"batch {args.batch}, {args.rounds} rounds x {args.iters} batches, device {device}, "
+           f"GEMM peak GFLOP/s {peaks}, kernels chosen {picked}")
     return 0 if ok else 1
 
 

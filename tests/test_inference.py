@@ -29,6 +29,47 @@ def test_inference_linear_equals_linear_and_gelu():
     assert InferenceLinear(lin).weight is lin.weight  # shared, not copied
 
 
+def test_each_kernel_equals_linear_and_gelu():
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 40)
+    x = torch.randn(3, 5, 24)
+    with torch.inference_mode():
+        for kernel in ("onednn", "aten", "auto"):
+            torch.testing.assert_close(InferenceLinear(lin, kernel=kernel)(x), lin(x), atol=1e-5, rtol=1e-5)
+            fused = InferenceLinear(lin, "gelu", kernel=kernel)(x)
+            torch.testing.assert_close(fused, nn.functional.gelu(lin(x)), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="kernel must be"):
+        InferenceLinear(lin, kernel="mkl")
+
+
+def test_auto_kernel_takes_the_faster_one_per_shape_and_times_each_case_once(monkeypatch):
+    from tessera import inference
+
+    choices = inference.KernelChoices()
+    monkeypatch.setattr(inference, "KERNEL_CHOICES", choices)
+    timed: list[tuple[str, int]] = []
+    fake = {("onednn", 24): 1.0, ("aten", 24): 2.0, ("onednn", 48): 3.0, ("aten", 48): 1.5}
+
+    def fake_time(name, x, w, b, activation):
+        timed.append((name, w.shape[1]))
+        return fake[(name, w.shape[1])]
+
+    monkeypatch.setattr(choices, "time_kernel", fake_time)
+    small, wide = InferenceLinear(nn.Linear(24, 8)), InferenceLinear(nn.Linear(48, 8))
+    with torch.inference_mode():
+        for _ in range(3):
+            small(torch.randn(10, 24))
+            wide(torch.randn(10, 48))
+        small(torch.randn(12, 24))  # 12 rows: the same power-of-two bucket (16) as 10
+        small(torch.randn(40, 24))  # another bucket: timed again
+    assert sorted(timed) == sorted([("onednn", 24), ("aten", 24)] * 2 + [("onednn", 48), ("aten", 48)])
+    table = {(r["in"], r["rows"]): r["kernel"] for r in inference.kernel_choices()}
+    assert table == {(24, 16): "onednn", (48, 16): "aten", (24, 64): "onednn"}
+    with torch.no_grad(), torch.enable_grad():
+        small(torch.randn(10, 24, requires_grad=True)).sum().backward()  # autograd: aten, nothing timed
+    assert len(timed) == 6
+
+
 @pytest.mark.slow
 def test_optimized_swin_equals_plain_path_and_keeps_the_state_dict():
     plain = tiny_swin()

@@ -548,9 +548,50 @@ def test_chunking_is_for_cpu_inference_only():
     assert fast.chunk_size(cpu, training=False) is None  # autograd on
 
 
+def test_auto_chunks_follow_the_cache_the_width_and_the_dtype(monkeypatch):
+    import dataclasses
+
+    from tessera.models import swin_fast
+
+    info = swin_fast.cpu_info()
+    fast = SwinFastPath("auto")
+    with torch.no_grad():
+        for l3, l2 in ((32 * 2**20, 2**20), (8 * 2**20, 2**20), (0, 2 * 2**20)):
+            monkeypatch.setattr(swin_fast, "cpu_info", lambda: dataclasses.replace(info, l3_bytes=l3, l2_bytes=l2))
+            cache = l3 or l2
+            assert fast.chunk_size(torch.zeros(1, 8, 8, 96), training=False) == cache // 4 // (4 * 96 * 4)
+            # twice the width: half the tokens; bf16: twice the tokens
+            assert fast.chunk_size(torch.zeros(1, 8, 8, 192), training=False) == cache // 4 // (4 * 192 * 4)
+            assert fast.chunk_size(torch.zeros(1, 8, 8, 96, dtype=torch.bfloat16), training=False) == cache // 4 // (4 * 96 * 2)
+    assert swin_fast.auto_chunk_tokens(768, 4, 0) == 32 * 2**20 // 4 // (4 * 768 * 4)  # cache unknown: 32 MiB
+    assert swin_fast.auto_chunk_tokens(10**6, 4, 2**20) == 64  # never below 64 tokens
+
+
+def test_auto_chunking_gives_the_same_output_as_none(monkeypatch):
+    import dataclasses
+
+    from tessera.models import swin_fast
+
+    model = tiny()
+    x = torch.randn(5, 3, 30, 26)
+    with torch.no_grad():
+        model.set_inference_chunking(None)
+        whole = model(x)
+        # a 64 KiB "cache": stage 1 (C = 32 in the tiny model) gets the smallest groups, 64 tokens
+        small = dataclasses.replace(swin_fast.cpu_info(), l3_bytes=2**16)
+        monkeypatch.setattr(swin_fast, "cpu_info", lambda: small)
+        model.set_inference_chunking("auto")
+        calls = _block_calls(model)
+        chunked = model(x)
+    assert calls[0] == 1  # one image (195 tokens) a group, larger than a chunk
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+
+
 def test_inference_chunking_rejects_a_non_positive_size():
     with pytest.raises(ValueError, match="positive token count"):
         tiny().set_inference_chunking(0)
+    with pytest.raises(ValueError, match="'auto' or None"):
+        tiny().set_inference_chunking("big")
 
 
 # ---------------------------------------------------------------- fast path == plain path

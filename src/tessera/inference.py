@@ -1,4 +1,4 @@
-"""Opt-in inference optimisations for CPU: oneDNN linear layers with fused epilogues.
+"""Opt-in inference optimisations for CPU: per-shape fastest linear kernels, fused epilogues, dtype per CPU.
 
     model = tessera.create_model("swin_tiny_patch4_window7_224", checkpoint=...).eval()
     optimize_for_inference(model)                                  # fp32, same numbers (~1e-6)
@@ -7,12 +7,15 @@
 
 What it does, in place, keeping every parameter (and so the state_dict):
 
-- every `nn.Linear` becomes an `InferenceLinear`: oneDNN's inner product,
-  with the bias added inside the GEMM instead of a separate pass over the
-  output (aten's `addmm` first copies the bias into every output row);
-- the GELU of each `Mlp` moves into its fc1 as a oneDNN post-op, so the
-  hidden activations (4C wide, the largest tensor of a block) are written
-  once instead of written, read and written again;
+- every `nn.Linear` becomes an `InferenceLinear`, which runs each GEMM shape
+  through whichever kernel is faster on this machine, timed at its first
+  call (`KernelChoices`; `kernel_choices()` lists the picks): oneDNN's inner
+  product, with the bias added inside the GEMM instead of a separate pass
+  over the output (aten's `addmm` first copies the bias into every output
+  row), or aten's linear (MKL where torch has it);
+- the GELU of each `Mlp` moves into its fc1: a oneDNN post-op, so the hidden
+  activations (4C wide, the largest tensor of a block) are written once
+  instead of written, read and written again (aten: a separate GELU);
 - `matmul_dtype=torch.float32` on a bf16 (or fp16) model: weights and
   activations stay in bf16 (half the memory), every linear layer and window
   attention up-casts its operands and runs its matmuls in fp32, then rounds
@@ -29,15 +32,17 @@ path keeps GELU in place and chunks the batch; it pays on CPUs where oneDNN's
 GEMM beats MKL's. The bf16 mode with fp32 matmuls is 5.7x faster than plain
 bf16 there (10.9 vs 1.9 img/s).
 
-oneDNN's inner product is used for fp32 on CPU without autograd only; with
-autograd (training), on other devices, or for a bf16 / fp16 GEMM, every
-module takes the plain path (`F.linear`, then the activation), so gradients
-and results elsewhere are unchanged.
+oneDNN's inner product is a candidate for fp32 (and bf16 on CPUs with bf16
+arithmetic) on CPU without autograd only; with autograd (training), under
+torch.compile, on other devices, or for other dtypes every module takes the
+plain path (`F.linear`, then the activation), so gradients and results
+elsewhere are unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Literal
 
 import torch
@@ -53,24 +58,105 @@ log = logging.getLogger(__name__)
 Activation = Literal["none", "gelu"]
 
 
+Kernel = Literal["auto", "onednn", "aten"]
+
+
+def _onednn_linear(x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> Tensor:
+    algorithm = "none" if activation == "gelu" else ""  # "none": exact (erf) GELU, not tanh
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, activation, [], algorithm)
+
+
+def _aten_linear(x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> Tensor:
+    y = F.linear(x, w, b)  # MKL / the default BLAS, then the activation as its own pass
+    return F.gelu(y) if activation == "gelu" else y
+
+
+_KERNELS = {"onednn": _onednn_linear, "aten": _aten_linear}
+
+
+class KernelChoices:
+    """The faster linear kernel per (shape, dtype, activation) on this machine, timed once and kept.
+
+    oneDNN's fused inner product beats aten's `addmm` + activation on some CPUs
+    (AMX, AVX512-BF16, shapes where the fused epilogue saves a pass over the
+    output) and loses on others (MKL's fp32 GEMM on an AVX2 EPYC). Rather than a
+    table tuned on one machine, the first call of each case times both on the
+    real operands (best of `repeats` after a warm-up, in turns) and keeps the
+    winner for the process. Row counts are bucketed to powers of two.
+    """
+
+    def __init__(self, repeats: int = 3) -> None:
+        self.repeats = repeats
+        self.table: dict[tuple, tuple[str, dict[str, float]]] = {}
+
+    @staticmethod
+    def key(x: Tensor, w: Tensor, activation: Activation) -> tuple:
+        rows = x.numel() // max(1, x.shape[-1])
+        return (w.shape[1], w.shape[0], 1 << max(0, rows - 1).bit_length(), x.dtype, activation)
+
+    def time_kernel(self, name: str, x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> float:
+        """Seconds of one call of kernel `name` (best of `repeats`)."""
+        fn, best = _KERNELS[name], float("inf")
+        for _ in range(self.repeats):
+            start = time.perf_counter()
+            fn(x, w, b, activation)
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    def choose(self, x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> str:
+        """The kernel for this case: from the table, or timed now and recorded."""
+        key = self.key(x, w, activation)
+        if key not in self.table:
+            for fn in _KERNELS.values():  # warm-up: first-call allocations and oneDNN's primitive cache
+                fn(x, w, b, activation)
+            times = {name: self.time_kernel(name, x, w, b, activation) for name in _KERNELS}
+            self.table[key] = (min(times, key=times.get), times)
+            log.debug("linear kernel for %s: %s (%s)", key, self.table[key][0], times)
+        return self.table[key][0]
+
+    def summary(self) -> list[dict]:
+        """One row per timed case: shape, dtype, activation, the choice and both times (microseconds)."""
+        return [
+            {"in": k[0], "out": k[1], "rows": k[2], "dtype": str(k[3]).replace("torch.", ""), "activation": k[4],
+             "kernel": choice, **{f"{n}_us": round(t * 1e6, 1) for n, t in times.items()}}
+            for k, (choice, times) in self.table.items()
+        ]
+
+
+KERNEL_CHOICES = KernelChoices()
+
+
+def kernel_choices() -> list[dict]:
+    """The linear kernels `InferenceLinear(kernel="auto")` chose in this process, one row per case."""
+    return KERNEL_CHOICES.summary()
+
+
 class InferenceLinear(nn.Module):
-    """y = act(x W^T + b) through oneDNN without autograd, `F.linear` + act with it.
+    """y = act(x W^T + b) through the faster of oneDNN and aten without autograd, `F.linear` + act with it.
 
     Args:
         linear: the layer to replace; its weight and bias are shared, not copied.
-        activation: epilogue fused into the GEMM ("gelu": exact, erf-based GELU).
+        activation: epilogue ("gelu": exact, erf-based GELU); fused into the GEMM by oneDNN.
         matmul_dtype: dtype of the GEMM (None: the input's); the output is cast back.
+        kernel: "auto" (the default): per shape and dtype, whichever of oneDNN's fused inner
+            product and aten's linear + activation is faster on this machine (`KernelChoices`);
+            "onednn" or "aten" to force one. Autograd, other devices and dtypes oneDNN cannot
+            run fast here always take aten.
     """
 
     def __init__(
-        self, linear: nn.Linear, activation: Activation = "none", matmul_dtype: torch.dtype | None = None
+        self, linear: nn.Linear, activation: Activation = "none", matmul_dtype: torch.dtype | None = None,
+        kernel: Kernel = "auto",
     ) -> None:
         super().__init__()
+        if kernel not in ("auto", "onednn", "aten"):
+            raise ValueError(f"kernel must be 'auto', 'onednn' or 'aten', got {kernel!r}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
         self.activation = activation
         self.matmul_dtype = matmul_dtype
+        self.kernel = kernel
 
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
@@ -79,18 +165,15 @@ class InferenceLinear(nn.Module):
         if self.matmul_dtype is not None:  # the explicit fp32-matmul mode of low-precision models
             x, w = x.to(self.matmul_dtype), w.to(self.matmul_dtype)
             b = None if b is None else b.to(self.matmul_dtype)
-        if _onednn_applies(x):
-            algorithm = "none" if self.activation == "gelu" else ""  # "none": exact (erf) GELU, not tanh
-            y = torch.ops.mkldnn._linear_pointwise(x, w, b, self.activation, [], algorithm)
-        else:
-            y = F.linear(x, w, b)  # the plain path: autograd, other devices and dtypes
-            y = F.gelu(y) if self.activation == "gelu" else y
-        return y.to(dtype)
+        kernel = "aten"  # the plain path: autograd, other devices and dtypes, tracing
+        if self.kernel != "aten" and _onednn_applies(x):
+            kernel = self.kernel if self.kernel == "onednn" else KERNEL_CHOICES.choose(x, w, b, self.activation)
+        return _KERNELS[kernel](x, w, b, self.activation).to(dtype)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"activation={self.activation}, matmul_dtype={self.matmul_dtype}"
+            f"activation={self.activation}, matmul_dtype={self.matmul_dtype}, kernel={self.kernel}"
         )
 
 
@@ -98,6 +181,8 @@ def _onednn_applies(x: Tensor) -> bool:
     """oneDNN's fused inner product: on CPU without autograd (it has no backward), for fp32, and for
     bf16 where the CPU has bf16 arithmetic (AVX512-BF16 / AMX; elsewhere `matmul_dtype` avoids it)."""
     if torch.is_grad_enabled() or x.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if torch.compiler.is_compiling():  # traced: no timing, no custom op in the graph
         return False
     return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu_info().bf16_arithmetic)
 
@@ -126,7 +211,8 @@ def choose_inference_dtype(dtype: InferenceDType = "auto") -> tuple[torch.dtype,
 
 
 def optimize_for_inference(
-    model: nn.Module, matmul_dtype: torch.dtype | None = None, dtype: InferenceDType | None = None
+    model: nn.Module, matmul_dtype: torch.dtype | None = None, dtype: InferenceDType | None = None,
+    kernel: Kernel = "auto",
 ) -> nn.Module:
     """Swap in `InferenceLinear`s (GELU fused into each Mlp's fc1) in place and return the model.
 
@@ -139,6 +225,9 @@ def optimize_for_inference(
         dtype: "auto" chooses the precision for this CPU (`choose_inference_dtype`),
             converts the model and logs the choice (also in `model.inference_choice`);
             "fp32" / "bf16" ask for one. None (default) keeps the model's dtype.
+        kernel: the linear layers' kernel: "auto" (the faster of oneDNN and aten per shape
+            on this machine, timed at the first call: `kernel_choices()` lists them),
+            "onednn" or "aten".
 
     Returns:
         The same model object.
@@ -152,12 +241,12 @@ def optimize_for_inference(
         log.info("optimize_for_inference: %s", why)
     for module in list(model.modules()):
         if isinstance(module, Mlp) and type(module.act) is nn.GELU and module.act.approximate == "none":
-            module.fc1 = InferenceLinear(module.fc1, "gelu", matmul_dtype)
+            module.fc1 = InferenceLinear(module.fc1, "gelu", matmul_dtype, kernel)
             module.act = nn.Identity()  # now inside fc1
             module.act_in_place = None
         if isinstance(module, WindowAttention):
             module.matmul_dtype = matmul_dtype
         for name, child in module.named_children():
             if type(child) is nn.Linear:
-                setattr(module, name, InferenceLinear(child, "none", matmul_dtype))
+                setattr(module, name, InferenceLinear(child, "none", matmul_dtype, kernel))
     return model

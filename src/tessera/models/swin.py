@@ -541,7 +541,7 @@ class SwinTransformer(TesseraModel):
 
     # -- settings
 
-    def set_fast_path(self, enable: bool = True, chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
+    def set_fast_path(self, enable: bool = True, chunk_tokens: int | str | None = DEFAULT_CHUNK_TOKENS) -> None:
         """Run the stages through `SwinFastPath` (True, the default) or the plain modules (False).
 
         Both compute the same function with the same parameters (see
@@ -549,8 +549,9 @@ class SwinTransformer(TesseraModel):
         """
         self.fast_path = SwinFastPath(chunk_tokens) if enable else None
 
-    def set_inference_chunking(self, max_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
-        """At CPU inference, compute in chunks of at most `max_tokens` tokens (None: off).
+    def set_inference_chunking(self, max_tokens: int | str | None = DEFAULT_CHUNK_TOKENS) -> None:
+        """At CPU inference, compute in chunks of at most `max_tokens` tokens ("auto": sized from the
+        CPU's cache per stage, the default; None: off).
 
         Each stage runs on groups of whole images of at most `max_tokens`
         tokens (at least one image); where one image has more, each block

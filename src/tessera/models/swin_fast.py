@@ -28,9 +28,11 @@ kinds of machinery that the plain path does not have:
    windows and (in the MLP) tokens are computed independently either way, so
    the result is the same; the smaller intermediates stay in cache instead
    of being fresh, page-faulted allocations. It is decided in one place,
-   `SwinFastPath.chunk_size`. On a GPU it would only cut each kernel's
-   parallelism; with autograd it saves nothing; in train mode DropPath draws
-   per image, so the MLP could not be cut into token chunks.
+   `SwinFastPath.chunk_size`, by default from the machine's last-level cache
+   and the stage's width and dtype (`auto_chunk_tokens`). On a GPU it would
+   only cut each kernel's parallelism; with autograd it saves nothing; in
+   train mode DropPath draws per image, so the MLP could not be cut into
+   token chunks.
 
 The model selects this path with one flag, `SwinTransformer.set_fast_path(enable)`
 (on by default); tests/test_swin.py checks that both paths agree.
@@ -45,16 +47,28 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from tessera.hardware import cpu_info
 from tessera.layers.checkpoint import checkpointed
 from tessera.layers.window_attention import WindowAttention, pad_to_windows, shifted_window_mask, window_partition
 
 if TYPE_CHECKING:
     from tessera.models.swin import SwinBlock, SwinStage
 
-# Tokens per image group of a stage at CPU inference: one 224 x 224 image in stage 1
-# (56 x 56 = 3,136 tokens), the batch of 8 in stages 3 and 4. Groups of 3k to 6k tokens
-# measured alike on a 2-core CPU; 12k was slower.
-DEFAULT_CHUNK_TOKENS = 4096
+# Tokens per group at CPU inference: "auto" sizes each stage's groups from this machine's
+# last-level cache (`auto_chunk_tokens`); an int is a fixed count for every stage.
+DEFAULT_CHUNK_TOKENS: int | str = "auto"
+# The share of the last-level cache one group's MLP hidden tensor (tokens x 4C) may fill: the
+# block's other tensors (input, attention output, residual) are each a quarter of it, so the
+# group's working set is about half the cache. Swin-T's stage 1 (fp32, C = 96) with a 32 MiB
+# L3 gets 5.5k tokens; fixed groups of 3k-6k tokens measured alike on a 2-core AVX2 EPYC, 12k slower.
+CACHE_SHARE = 4
+FALLBACK_CACHE_BYTES = 32 * 1024**2  # when the OS does not say
+
+
+def auto_chunk_tokens(width: int, itemsize: int, cache_bytes: int) -> int:
+    """Tokens whose MLP hidden tensor (4 x width, `itemsize` bytes) fills 1/CACHE_SHARE of the cache (>= 64)."""
+    cache = cache_bytes if cache_bytes > 0 else FALLBACK_CACHE_BYTES
+    return max(64, cache // CACHE_SHARE // (4 * width * itemsize))
 
 
 # ---------------------------------------------------------------- gathers and cached derived tensors
@@ -189,12 +203,13 @@ class SwinFastPath:
     """The machinery above, applied to a `SwinStage` and its blocks (see the module docstring).
 
     Args:
-        chunk_tokens: tokens per chunk at CPU inference; None: never chunk.
+        chunk_tokens: tokens per chunk at CPU inference; "auto": per stage from the width, the
+            dtype and this CPU's last-level cache (`auto_chunk_tokens`); None: never chunk.
     """
 
-    def __init__(self, chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS) -> None:
-        if chunk_tokens is not None and chunk_tokens < 1:
-            raise ValueError(f"chunk_tokens must be a positive token count or None, got {chunk_tokens}")
+    def __init__(self, chunk_tokens: int | str | None = DEFAULT_CHUNK_TOKENS) -> None:
+        if chunk_tokens != "auto" and chunk_tokens is not None and (not isinstance(chunk_tokens, int) or chunk_tokens < 1):
+            raise ValueError(f"chunk_tokens must be a positive token count, 'auto' or None, got {chunk_tokens!r}")
         self.chunk_tokens = chunk_tokens
         # attention layer -> (key, shift mask, B + mask); weak: a replaced layer takes its entry along
         self._bias: weakref.WeakKeyDictionary[WindowAttention, tuple[tuple, Tensor | None, Tensor | None]] = (
@@ -209,9 +224,12 @@ class SwinFastPath:
         self.__init__(**state)
 
     def chunk_size(self, z: Tensor, training: bool) -> int | None:
-        """Tokens per chunk for the map z: `chunk_tokens` at CPU inference in eval mode, else None."""
+        """Tokens per chunk for the map z (..., C): `chunk_tokens` at CPU inference in eval mode, else None."""
         if self.chunk_tokens is None or training or torch.is_grad_enabled() or z.device.type != "cpu":
             return None
+        if self.chunk_tokens == "auto":
+            info = cpu_info()
+            return auto_chunk_tokens(z.shape[-1], z.element_size(), info.l3_bytes or info.l2_bytes)
         return self.chunk_tokens
 
     # -- stage and block
