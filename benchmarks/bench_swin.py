@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import autocast_if, best_times_interleaved, matmul_peak_gflops, print_table  # noqa: E402
 
 import tessera  # noqa: E402
-from tessera.inference import optimize_for_inference  # noqa: E402
+from tessera.hardware import cpu_info  # noqa: E402
+from tessera.inference import kernel_choices, optimize_for_inference  # noqa: E402
+from tessera.models.swin_fast import auto_chunk_tokens  # noqa: E402
 
 SWIN_T = "swin_tiny_patch4_window7_224"
 
@@ -45,10 +47,11 @@ def hf_swin_tiny():
 def peers_and_ours(folder: Path, compile: bool) -> dict:
     """{(library, mode): callable(x) -> logits} for every library and precision mode compared.
 
-    tessera's rows: the default eager path; the same without inference
-    chunking (each stage on the whole batch at once); the plain path without
+    tessera's rows: the default eager path (chunks sized from this CPU's cache);
+    the same without inference chunking (each stage on the whole batch at once)
+    and with the fixed 4,096-token chunks tuned on one CPU before; the plain path without
     any of swin_fast.py's machinery; `optimize_for_inference` (opt-in:
-    oneDNN linear layers with bias and GELU fused); torch.compile of the
+    the faster linear kernel per shape, GELU fused); torch.compile of the
     default model (opt-in, with --compile; its compile time is printed); and
     in bf16 the opt-in "bf16 weights, fp32 matmuls" mode for CPUs without
     bf16 arithmetic, next to the plain bf16 modes that every library has.
@@ -65,14 +68,18 @@ def peers_and_ours(folder: Path, compile: bool) -> dict:
     plain, plain_bf16 = ours(), ours().to(torch.bfloat16)
     unchunked = ours()
     unchunked.set_inference_chunking(None)
+    fixed_chunks = ours()
+    fixed_chunks.set_inference_chunking(4096)  # the constant tuned on the AVX2 EPYC, before "auto"
     reference = ours()
     reference.set_fast_path(False)  # the plain modules that read like the notes
     fast = optimize_for_inference(ours())
     fast_bf16 = optimize_for_inference(ours().to(torch.bfloat16), matmul_dtype=torch.float32)
+    best_bf16 = optimize_for_inference(ours(), dtype="bf16")  # bf16 GEMMs where the CPU has bf16 arithmetic
     runs = {
         ("transformers", "fp32"): lambda x: hf(pixel_values=x).logits,
         ("tessera", "fp32"): plain,
         ("tessera", "fp32 inference chunking off"): unchunked,
+        ("tessera", "fp32 chunks of 4096 tokens (fixed)"): fixed_chunks,
         ("tessera", "fp32 plain path (set_fast_path(False))"): reference,
         ("tessera", "fp32 optimize_for_inference (opt-in)"): fast,
     }
@@ -84,6 +91,7 @@ def peers_and_ours(folder: Path, compile: bool) -> dict:
         ("tessera", "bf16 autocast"): lambda x: _autocast(plain, x),
         ("tessera", "bf16 weights"): lambda x: plain_bf16(x.bfloat16()),
         ("tessera", "bf16 weights, fp32 matmuls (opt-in)"): lambda x: fast_bf16(x.bfloat16()),
+        ("tessera", "bf16 optimize_for_inference(dtype='bf16')"): lambda x: best_bf16(x.bfloat16()),
     })
     return runs
 
@@ -97,7 +105,8 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
     """The fp32 / bf16 table: every row timed in turns, best of `rounds`."""
     x = torch.randn(batch, 3, size, size)
     macs = tessera.profile(tessera.create_model(SWIN_T), (3, size, size))[1]
-    peak = matmul_peak_gflops(torch.float32)
+    peaks = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    peak = peaks["fp32"]
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         runs = peers_and_ours(Path(tmp), compile)
         reference = runs[("transformers", "fp32")](x).float()
@@ -115,16 +124,22 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
             "library": key[0], "mode": key[1], "img/s": f"{ips:.2f}", "_ips": ips,
             "max|diff| vs fp32 peer": f"{(out - reference).abs().max().item():.1e}",
             "finite": bool(torch.isfinite(out).all()),
-            "%fp32 peak": f"{100 * 2 * macs * ips / 1e9 / peak:.0f}%",
+            "%GEMM peak": f"{100 * 2 * macs * ips / 1e9 / peaks[key[1][:4]]:.0f}%",
         })
     for precision in ("fp32", "bf16"):
         group = [r for r in rows if r["mode"].startswith(precision)]
         best_peer = max(r["_ips"] for r in group if r["library"] != "tessera")
         for r in group:
             r["ratio vs fastest peer"] = f"{r['_ips'] / best_peer:.2f}x"
-    print(f"threads={torch.get_num_threads()} batch={batch} {size}x{size}; "
-          f"measured fp32 matmul peak {peak:.0f} GFLOP/s; Swin-T {macs / 1e9:.2f} GMACs/img; best of {rounds} rounds")
-    columns = ["library", "mode", "img/s", "ratio vs fastest peer", "%fp32 peak", "max|diff| vs fp32 peer", "finite"]
+    print(f"threads={torch.get_num_threads()} batch={batch} {size}x{size}; measured GEMM peak (GFLOP/s, the row's "
+          f"precision) fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}; Swin-T {macs / 1e9:.2f} GMACs/img; best of {rounds} rounds")
+    print("inference chunks per stage (tokens, fp32, auto from the cache): "
+          + ", ".join(str(auto_chunk_tokens(96 * 2**i, 4, cpu_info().l3_bytes or cpu_info().l2_bytes)) for i in range(4)))
+    choices = kernel_choices()
+    print("linear kernels chosen by optimize_for_inference: "
+          + "; ".join(f"{r['in']}->{r['out']} x{r['rows']} {r['dtype']} {r['activation']}: {r['kernel']} "
+                      f"(onednn {r['onednn_us']:.0f} us, aten {r['aten_us']:.0f} us)" for r in choices))
+    columns = ["library", "mode", "img/s", "ratio vs fastest peer", "%GEMM peak", "max|diff| vs fp32 peer", "finite"]
     print_table(rows, columns)
     # Every MAC at the measured GEMM peak: no library can pass this (LayerNorm, softmax, GELU and
     # the copies between the matmuls only add time), so it caps the reachable ratio to a peer.

@@ -62,12 +62,13 @@ def test_auto_kernel_takes_the_faster_one_per_shape_and_times_each_case_once(mon
             wide(torch.randn(10, 48))
         small(torch.randn(12, 24))  # 12 rows: the same power-of-two bucket (16) as 10
         small(torch.randn(40, 24))  # another bucket: timed again
-    assert sorted(timed) == sorted([("onednn", 24), ("aten", 24)] * 2 + [("onednn", 48), ("aten", 48)])
+    reps = choices.repeats  # each case: every kernel `repeats` times, once
+    assert sorted(timed) == sorted(([("onednn", 24), ("aten", 24)] * 2 + [("onednn", 48), ("aten", 48)]) * reps)
     table = {(r["in"], r["rows"]): r["kernel"] for r in inference.kernel_choices()}
     assert table == {(24, 16): "onednn", (48, 16): "aten", (24, 64): "onednn"}
     with torch.no_grad(), torch.enable_grad():
         small(torch.randn(10, 24, requires_grad=True)).sum().backward()  # autograd: aten, nothing timed
-    assert len(timed) == 6
+    assert len(timed) == 6 * reps
 
 
 @pytest.mark.slow

@@ -81,11 +81,11 @@ class KernelChoices:
     (AMX, AVX512-BF16, shapes where the fused epilogue saves a pass over the
     output) and loses on others (MKL's fp32 GEMM on an AVX2 EPYC). Rather than a
     table tuned on one machine, the first call of each case times both on the
-    real operands (best of `repeats` after a warm-up, in turns) and keeps the
+    real operands (best of `repeats` calls each after a warm-up, in turns) and keeps the
     winner for the process. Row counts are bucketed to powers of two.
     """
 
-    def __init__(self, repeats: int = 3) -> None:
+    def __init__(self, repeats: int = 5) -> None:
         self.repeats = repeats
         self.table: dict[tuple, tuple[str, dict[str, float]]] = {}
 
@@ -95,13 +95,10 @@ class KernelChoices:
         return (w.shape[1], w.shape[0], 1 << max(0, rows - 1).bit_length(), x.dtype, activation)
 
     def time_kernel(self, name: str, x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> float:
-        """Seconds of one call of kernel `name` (best of `repeats`)."""
-        fn, best = _KERNELS[name], float("inf")
-        for _ in range(self.repeats):
-            start = time.perf_counter()
-            fn(x, w, b, activation)
-            best = min(best, time.perf_counter() - start)
-        return best
+        """Seconds of one call of kernel `name`."""
+        start = time.perf_counter()
+        _KERNELS[name](x, w, b, activation)
+        return time.perf_counter() - start
 
     def choose(self, x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> str:
         """The kernel for this case: from the table, or timed now and recorded."""
@@ -109,7 +106,10 @@ class KernelChoices:
         if key not in self.table:
             for fn in _KERNELS.values():  # warm-up: first-call allocations and oneDNN's primitive cache
                 fn(x, w, b, activation)
-            times = {name: self.time_kernel(name, x, w, b, activation) for name in _KERNELS}
+            times = {name: float("inf") for name in _KERNELS}
+            for _ in range(self.repeats):  # in turns, best of each: a busy moment slows both alike
+                for name in _KERNELS:
+                    times[name] = min(times[name], self.time_kernel(name, x, w, b, activation))
             self.table[key] = (min(times, key=times.get), times)
             log.debug("linear kernel for %s: %s (%s)", key, self.table[key][0], times)
         return self.table[key][0]
@@ -182,7 +182,7 @@ def _onednn_applies(x: Tensor) -> bool:
     bf16 where the CPU has bf16 arithmetic (AVX512-BF16 / AMX; elsewhere `matmul_dtype` avoids it)."""
     if torch.is_grad_enabled() or x.device.type != "cpu" or not torch.backends.mkldnn.is_available():
         return False
-    if torch.compiler.is_compiling():  # traced: no timing, no custom op in the graph
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # traced: no timing, no custom op in the graph
         return False
     return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu_info().bf16_arithmetic)
 
