@@ -59,3 +59,26 @@ def test_missing_files_say_how_to_get_them(tmp_path):
     dm = IDXDataModule(root=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         dm.setup("fit")
+
+
+def test_fashion_captions_split_like_the_idx_module_and_caption_each_class(tmp_path):
+    from tessera.data import FashionCaptionsDataModule, fashion_caption
+
+    write_split(tmp_path, "train", 40)
+    write_split(tmp_path, "t10k", 12, seed=1)
+    dm = FashionCaptionsDataModule(root=str(tmp_path), batch_size=4, val_size=8, vocab_size=300)
+    dm.setup("fit")
+    plain = IDXDataModule(root=str(tmp_path), val_size=8, normalize="signed")
+    plain.setup("fit")
+    assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (32, 8, 12)
+    # the same images in the same order as IDXDataModule's split (same split_seed)
+    torch.testing.assert_close(dm.train_set.images, plain.train_set.images)
+    torch.testing.assert_close(dm.test_set.labels, plain.test_set.labels)
+    assert fashion_caption(9) == "a picture of an ankle boot" and fashion_caption(7) == "a picture of a sneaker"
+    assert dm.class_prompts == [fashion_caption(i) for i in range(10)]
+    assert dm.test_captions == [fashion_caption(int(c)) for c in plain.test_set.labels]
+    x, tokens, y = next(iter(dm.test_dataloader()))
+    assert x.shape == (4, 1, 32, 32) and tokens.shape == (4, dm.context_length)
+    assert dm.tokenizer.decode(tokens[0]) == fashion_caption(int(y[0]))
+    with pytest.raises(ValueError, match="val_size"):
+        FashionCaptionsDataModule(root=str(tmp_path), val_size=40).setup("fit")

@@ -14,7 +14,7 @@ from tessera.cli import main
 def test_latent_generation_experiments_are_registered():
     from tessera.experiments import experiments
 
-    assert {"ldm-guidance", "pixel-vs-latent", "token-generation"} <= set(experiments())
+    assert {"ldm-guidance", "pixel-vs-latent", "token-generation", "multimodal"} <= set(experiments())
 
 
 def test_class_grid_keeps_one_row_per_class(tmp_path):
@@ -51,6 +51,26 @@ def test_quick_experiment_writes_its_table(tmp_path, one_thread, name):
         if isinstance(entry, dict) and "accuracy" in entry:
             assert 0.0 <= entry["accuracy"] <= 1.0 and entry["fd"] >= 0.0
     assert "|" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_multimodal_measures_both_directions(tmp_path, one_thread):
+    assert main(["reproduce", "multimodal", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "results.json").read_text())
+    to_image, to_caption = result["caption_to_image"], result["image_to_caption"]
+    assert 0.0 <= to_image["accuracy"] <= 1.0 and to_image["fd"] >= 0.0 and to_image["seconds_per_image"] > 0
+    # a random model writes no valid caption: exact matches are 0 (a check that could not pass by accident)
+    assert to_caption["exact"] == 0.0 and 0.0 <= to_caption["valid_caption"] <= 1.0
+    assert (tmp_path / "grid_caption_to_image.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_multimodal_refuses_a_run_without_a_layout(tmp_path, monkeypatch):
+    from tessera.experiments import latent_generation
+
+    runs = latent_generation.make_quick_runs(tmp_path / "runs")
+    monkeypatch.setattr(latent_generation, "make_quick_runs", lambda folder: {**runs, "multimodal": runs["nexttoken"]})
+    with pytest.raises(ValueError, match="not a multimodal run"):
+        latent_generation.multimodal(tmp_path / "out", quick=True)
 
 
 def test_experiment_names_the_training_command_of_a_missing_run(tmp_path, monkeypatch):

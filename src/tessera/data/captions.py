@@ -349,6 +349,79 @@ class DigitCaptionsDataModule(CaptionDataModule):
         return digits_split(groups, self.val_fraction, self.test_fraction, self.split_seed)
 
 
+def fashion_caption(label: int) -> str:
+    """'a picture of an ankle boot' for 9 (Fashion-MNIST's class names, lower case)."""
+    from tessera.data.idx import FASHION_CLASSES
+
+    name = FASHION_CLASSES[label].lower()
+    return f"a picture of {'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
+class FashionCaptionsDataModule(CaptionDataModule):
+    """Fashion-MNIST (IDX files) captioned by class name, "a picture of a sneaker": text <-> image data.
+
+    The split is `IDXDataModule`'s: `val_size` images of the training file (by `split_seed`)
+    for validation, the rest for training, the t10k file for testing.
+
+    Args: as `IDXDataModule` (root, img_size, in_chans, batch_size, ...), plus the caption
+        arguments of `DigitCaptionsDataModule` (context_length, vocab_size, tokenizer_kind,
+        tokenizer_path, with_captions).
+    """
+
+    prompt_template = "a picture of {}"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        img_size: int = 32,
+        in_chans: int = 1,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int | None = None,
+        split_seed: int = 0,
+        val_size: int = 5000,
+        augment: Augment = Augment(enabled=False),
+        normalize: Normalization = "signed",
+        context_length: int = 12,
+        vocab_size: int = 400,
+        tokenizer_kind: Literal["bpe", "wordpiece"] = "bpe",
+        tokenizer_path: str | None = None,
+        with_captions: bool = True,
+    ) -> None:
+        from tessera.data.idx import FASHION_CLASSES
+
+        super().__init__(
+            img_size, in_chans, batch_size, num_workers, seed, augment, normalize, split_seed, 0.0,
+            0.0, context_length, vocab_size, tokenizer_kind, tokenizer_path, with_captions,
+        )
+        self.root, self.val_size = root, val_size
+        self.class_names = [c.lower() for c in FASHION_CLASSES]
+        self.class_prompts_ = [fashion_caption(i) for i in range(len(FASHION_CLASSES))]
+
+    def load(self) -> tuple[Tensor, list[str], Tensor, Tensor]:
+        from tessera.data.idx import IDXDataModule
+
+        files = IDXDataModule(root=self.root, img_size=self.img_size, in_chans=self.in_chans)
+        x, y = files.load_split("train")
+        tx, ty = files.load_split("t10k")
+        if not 0 <= self.val_size < len(x):
+            raise ValueError(f"val_size must lie in [0, {len(x)}), got {self.val_size}")
+        labels = torch.cat([y, ty])
+        groups = torch.cat([torch.zeros(len(x), dtype=torch.long), torch.ones(len(tx), dtype=torch.long)])
+        return torch.cat([x, tx]), [fashion_caption(int(c)) for c in labels], labels, groups
+
+    def split(self, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(train, val, test) indices: the training file split as `IDXDataModule`, the test file for test."""
+        in_train = (groups == 0).nonzero().flatten()
+        order = in_train[torch.randperm(len(in_train), generator=torch.Generator().manual_seed(self.split_seed))]
+        val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        return train, val, (groups == 1).nonzero().flatten()
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        self.class_prompts = list(self.class_prompts_)  # "a picture of an ankle boot": the captions themselves
+
+
 class EmojiCaptionsDataModule(CaptionDataModule):
     """Noto colour emoji captioned by their Unicode names; labels are the group (9) or subgroup.
 

@@ -4,6 +4,7 @@
     tessera reproduce pixel-vs-latent    # pixel DDPM vs LDM: training step, sampling time, FD
     tessera reproduce token-generation   # MaskGIT (8, 16 steps) and next-token over VQ codes:
                                          # accuracy, FD, test NLL vs the codes' unigram entropy, time
+    tessera reproduce multimodal         # one transformer, caption -> image and image -> caption
 
 They evaluate trained runs of Fashion-MNIST (32 px), made by the `tessera fit` commands in the
 headers of configs/ldm_fmnist.yaml, ldm_fmnist_pixel.yaml, maskgit_fmnist.yaml and
@@ -42,12 +43,14 @@ RUNS = {
     "nexttoken": "runs/maskgit_fmnist_nexttoken",
     "classifier": "runs/fashion_classifier",
     "codes": "runs/vq_fmnist_codes.safetensors",
+    "multimodal": "runs/maskgit_fmnist_multimodal",
 }
 TRAIN_COMMANDS = {
     "ldm": "tessera fit --config configs/ldm_fmnist.yaml",
     "pixel": "tessera fit --config configs/ldm_fmnist_pixel.yaml",
     "maskgit": "tessera fit --config configs/maskgit_fmnist.yaml",
     "nexttoken": "tessera fit --config configs/maskgit_fmnist_nexttoken.yaml",
+    "multimodal": "tessera fit --config configs/maskgit_fmnist_multimodal.yaml",
     "classifier": "tessera fit (the Fashion-MNIST classifier recipe) --trainer.default_root_dir runs/fashion_classifier",
 }
 GUIDANCE = (0.0, 1.0, 3.0, 5.0)
@@ -409,6 +412,76 @@ def token_generation(out: Path, quick: bool = False) -> dict:
                           "gap_to_unigram_test_bits": gap, "claim_holds": entropy - nll_bits >= 0.5, "runs": runs}, notes)
 
 
+# ------------------------------------------------------------------ one model, text <-> image
+
+
+def multimodal(out: Path, quick: bool = False) -> dict:
+    """The notes' multimodal recipe both ways: caption -> image (conditional accuracy, FD) and image -> caption (accuracy)."""
+    from tokenizers import Tokenizer
+
+    from tessera.data.text import TextTokenizer
+    from tessera.generative.multimodal import MultimodalLayout
+
+    runs = make_quick_runs(out / "quick_runs") if quick else dict(RUNS)
+    _require(runs, "multimodal", "classifier")
+    per_class = 2 if quick else 100
+    n_captions = 20 if quick else 1000
+    torch.manual_seed(0)
+    real = real_data(quick)
+    scorer = Scorer(runs["classifier"], real)
+    model, first, spec = load_token_run(runs["multimodal"])
+    if not spec.get("layout"):
+        raise ValueError(f"{runs['multimodal']} is not a multimodal run (tokens.json has no layout)")
+    layout = MultimodalLayout(**spec["layout"])
+    pre = json.loads((Path(runs["multimodal"]) / "preprocess.json").read_text())
+    tok = TextTokenizer(Tokenizer.from_str(pre["tokenizer"]))
+    grid = tuple(spec["grid"])
+    classes = len(pre["class_prompts"])
+    y = class_requests(classes, per_class)
+    prompts = tok.encode(pre["class_prompts"], layout.text_len)
+
+    def caption_to_image(yy: Tensor, g: torch.Generator) -> Tensor:
+        codes = layout.text_to_image(model, prompts[yy], generator=g)
+        with torch.no_grad():
+            return first.decode(codes.view(-1, *grid))
+
+    x, sec = batched(caption_to_image, y, 250, seed=0)
+    acc, fd = scorer.score(x, y)
+    save_class_grid(x, per_class, out / "grid_caption_to_image.png")
+    # image -> caption: greedy captions of test images, read back as text
+    test_x, test_y = real.test_x[:n_captions], real.test_y[:n_captions]
+    codes = _codes(first, test_x)
+    start = time.perf_counter()
+    with torch.no_grad():
+        rows_out = torch.cat([layout.image_to_text(model, codes[lo : lo + 250], temperature=0.0)
+                              for lo in range(0, len(codes), 250)])
+    sec_caption = (time.perf_counter() - start) / len(codes)
+    texts = tok.decode(rows_out)
+    normalise = lambda t: " ".join(t.lower().split())  # noqa: E731
+    truth = [normalise(pre["class_prompts"][int(c)]) for c in test_y]  # the class captions ("a picture of a bag")
+    exact = sum(normalise(t) == want for t, want in zip(texts, truth)) / len(truth)
+    known = {normalise(p): i for i, p in enumerate(pre["class_prompts"])}
+    named = sum(normalise(t) in known for t in texts) / len(texts)
+    rows = [
+        {"direction": "real test images (classifier accuracy; FD floor: val images)", "accuracy %": _fmt(100 * scorer.classifier_accuracy),
+         "FD": _fmt(scorer.floor(len(y)), 2)},
+        {"direction": "caption -> image (T = 1, KV cache)", "accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2), "s / item": f"{sec:.4f}"},
+        {"direction": "image -> caption (greedy), exact caption", "accuracy %": _fmt(100 * exact), "s / item": f"{sec_caption:.4f}"},
+        {"direction": "chance (10 classes)", "accuracy %": _fmt(100 / classes)},
+    ]
+    examples = [f"{t!r} (true: {w!r})" for t, w in list(zip(texts, truth))[:5]]
+    notes = (f"One causal transformer over <text> caption <image> codes and <image> codes <text> caption "
+             f"({layout.text_len} text + {layout.image_len} image tokens, {layout.vocab_size} ids). caption -> image: "
+             f"{per_class} samples per class prompt, accuracy = the classifier labels the sample as the prompted class. "
+             f"image -> caption: {len(truth)} test images, greedy decoding; {100 * named:.1f}% of the generated captions "
+             f"are one of the class captions. Examples: {'; '.join(examples)}.")
+    return write_results(out, "Text <-> image in one token transformer (Fashion-MNIST captions)",
+                         ["direction", "accuracy %", "FD", "s / item"], rows,
+                         {"caption_to_image": {"accuracy": acc, "fd": fd, "seconds_per_image": sec},
+                          "image_to_caption": {"exact": exact, "valid_caption": named, "seconds_per_caption": sec_caption},
+                          "runs": runs}, notes)
+
+
 # ------------------------------------------------------------------ quick runs
 
 
@@ -443,7 +516,24 @@ def make_quick_runs(folder: Path) -> dict[str, str]:
         tessera.create_model(name, vocab_size=16, seq_len=64, dim=16, depth=1, heads=2).save_pretrained(runs[key])
         (Path(runs[key]) / "tokens.json").write_text(json.dumps(
             {"first_stage": "vqvae_f4", "first_stage_checkpoint": runs["vq"], "first_stage_args": None, "grid": [8, 8]}))
+    from tessera.data.captions import digit_caption
+    from tessera.data.text import TextTokenizer
+    from tessera.generative.multimodal import MultimodalLayout
+
+    captions = [digit_caption(i) for i in range(10)]
+    tok = TextTokenizer.train(captions * 5, 300, "bpe")
+    layout = MultimodalLayout(tok.vocab_size, 16, 8, 64, tok.pad_id, tok.eos_id)
+    runs["multimodal"] = str(folder / "multimodal")
+    tessera.create_model("tokengpt_digits", vocab_size=layout.vocab_size, seq_len=layout.seq_len, num_classes=0,
+                         dim=16, depth=1, heads=2).save_pretrained(runs["multimodal"])
+    layout_fields = {k: getattr(layout, k) for k in ("text_vocab", "num_codes", "text_len", "image_len", "pad_id", "eos_id")}
+    (Path(runs["multimodal"]) / "tokens.json").write_text(json.dumps(
+        {"first_stage": "vqvae_f4", "first_stage_checkpoint": runs["vq"], "first_stage_args": None, "grid": [8, 8],
+         "layout": layout_fields}))
+    (Path(runs["multimodal"]) / "preprocess.json").write_text(json.dumps(
+        {"img_size": 16, "tokenizer": tok.tokenizer.to_str(), "context_length": 8, "class_prompts": captions}))
     return runs
 
 
-EXPERIMENTS = {"ldm-guidance": ldm_guidance, "pixel-vs-latent": pixel_vs_latent, "token-generation": token_generation}
+EXPERIMENTS = {"ldm-guidance": ldm_guidance, "pixel-vs-latent": pixel_vs_latent, "token-generation": token_generation,
+               "multimodal": multimodal}
