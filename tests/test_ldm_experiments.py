@@ -43,6 +43,8 @@ def test_quick_experiment_writes_its_table(tmp_path, one_thread, name):
     elif name == "pixel-vs-latent":
         assert {"pixel DDPM", "LDM guidance 1", "LDM guidance 3"} <= set(raw)
         assert all(r["train_step_s"] > 0 for r in raw.values())
+        # quick runs have no metrics.csv: no steps, so no compute figure (never a made-up one)
+        assert all(r["steps_trained"] is None and r["train_compute_min"] is None for r in raw.values())
     else:
         assert {"MaskGIT 8 steps", "MaskGIT 16 steps", "next-token, T = 1 (KV cache)"} <= set(raw)
         # a random model is no better than the codes' unigram distribution
@@ -182,3 +184,23 @@ def test_cache_latents_takes_the_data_of_another_config(tmp_path, one_thread):
                  "--out", str(out)]) == 0
     data = load_file(str(out))
     assert data["train_codes"].shape[1:] == (4, 4) and len(data["test_codes"]) == len(data["test_labels"]) > 0
+
+
+@pytest.mark.slow
+def test_pixel_vs_latent_compute_is_steps_times_the_measured_step(tmp_path, one_thread, monkeypatch):
+    from pathlib import Path
+
+    from tessera.experiments import latent_generation
+
+    made = latent_generation.make_quick_runs
+
+    def with_metrics(folder):
+        runs = made(folder)
+        (Path(runs["pixel"]) / "metrics.csv").write_text("epoch,step,train/loss\n0,40,1.0\n0,120,0.5\n")
+        return runs
+
+    monkeypatch.setattr(latent_generation, "make_quick_runs", with_metrics)
+    raw = latent_generation.pixel_vs_latent(tmp_path, quick=True)["raw"]
+    assert raw["pixel DDPM"]["steps_trained"] == 120
+    assert raw["pixel DDPM"]["train_compute_min"] == pytest.approx(120 * raw["pixel DDPM"]["train_step_s"] / 60)
+    assert raw["LDM guidance 1"]["train_compute_min"] is None

@@ -288,22 +288,27 @@ def pixel_vs_latent(out: Path, quick: bool = False) -> dict:
         key = name.split(" (")[0]
         run = runs["pixel"] if key.startswith("pixel") else runs["ldm"]
         trained = _steps_trained(run)
+        # the training the samples cost, at this step time (a shared machine's wall time would mislead)
+        compute_min = None if trained is None else trained * t_step / 60
         raw[key] = {"params": params, "train_step_s": t_step, "encode_s": t_enc, "sample_s_per_image": sec,
-                    "accuracy": acc, "fd": fd, "steps_trained": trained}
+                    "accuracy": acc, "fd": fd, "steps_trained": trained, "train_compute_min": compute_min}
         step_txt = f"{t_step:.3f}" + (f" (+{t_enc:.3f} encode)" if t_enc is not None else "")
         rows.append({"model": name, "params (M)": f"{params / 1e6:.2f}", f"train step, batch {batch} (s)": step_txt,
-                     "steps trained": trained if trained is not None else "", "sampling (s / image)": f"{sec:.4f}",
-                     "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2)})
+                     "steps trained": trained if trained is not None else "",
+                     "training compute (min)": "" if compute_min is None else f"{compute_min:.1f}",
+                     "sampling (s / image)": f"{sec:.4f}", "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2)})
         if not key.startswith("LDM guidance 3"):
             save_class_grid(x, per_class, out / f"grid_{'pixel' if key.startswith('pixel') else 'ldm'}.png")
     rows.append({"model": "real images (classifier on the test set; FD: val images)", "cond. accuracy %": _fmt(100 * scorer.classifier_accuracy),
                  "FD": _fmt(scorer.floor(len(y)), 2)})
-    cols = ["model", "params (M)", f"train step, batch {batch} (s)", "steps trained", "sampling (s / image)",
-            "cond. accuracy %", "FD"]
+    cols = ["model", "params (M)", f"train step, batch {batch} (s)", "steps trained", "training compute (min)",
+            "sampling (s / image)", "cond. accuracy %", "FD"]
     notes = (f"Same machine, same process, torch threads = {torch.get_num_threads()}; train step = forward + backward + "
              f"AdamW on fresh weights (best of {repeats}); the LDM trains on cached latents, the encode column is what "
              f"encoding on the fly would add. Sampling: DDIM {steps} (pixel: x0 clipped to [-1, 1]), LDM time includes "
-             f"decoding. Training budgets are the runs' own (their configs; steps trained in the table). "
+             f"decoding. Training budgets are the runs' own (their configs; steps trained in the table); training "
+             f"compute = steps trained x the step time measured here (the LDM's excludes its first stage, trained "
+             f"once and shared by every latent model). "
              f"{per_class} samples per class.")
     return write_results(out, "Pixel-space DDPM vs latent diffusion (Fashion-MNIST 32 px)", cols, rows,
                          {"raw": raw, "runs": runs}, notes)
