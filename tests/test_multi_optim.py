@@ -229,3 +229,32 @@ def test_psnr():
 
     x = torch.zeros(2, 1, 4, 4)
     assert psnr(x, x + 0.2).item() == pytest.approx(10 * torch.log10(torch.tensor(1 / 0.01)).item(), rel=1e-5)
+
+
+def test_vqgan_starts_from_a_trained_vqvae_and_its_discriminator_fresh(tmp_path):
+    vqvae = _task(model_name="vqvae_f4").model
+    with torch.no_grad():
+        for p in vqvae.parameters():
+            p.add_(0.5)  # not the initial values a fresh model would have
+    vqvae.save_pretrained(tmp_path / "vqvae")
+    torch.manual_seed(0)
+    task = _task(model_name="vqgan_f4", init_from=str(tmp_path / "vqvae"))
+    torch.manual_seed(0)
+    fresh = _task(model_name="vqgan_f4").model
+    gan = task.model.state_dict()
+    for k, v in vqvae.state_dict().items():
+        torch.testing.assert_close(gan[k], v)
+    for k, v in fresh.state_dict().items():
+        if k.startswith("discriminator."):
+            torch.testing.assert_close(gan[k], v)  # same seed, not loaded: the fresh initialisation
+    # other sizes, or a folder that is not a tokenizer of this kind: a clear error naming the keys
+    import tessera
+    from tessera.core import tiny_overrides
+
+    other = tessera.create_model("vqvae_f4", **{**tiny_overrides("vqvae_f4"), "num_codes": 32})
+    other.save_pretrained(tmp_path / "other")
+    with pytest.raises(Exception, match="shape"):
+        _task(model_name="vqgan_f4", init_from=str(tmp_path / "other"))
+    tessera.create_model("autoencoder_kl_f4", **tiny_overrides("autoencoder_kl_f4")).save_pretrained(tmp_path / "kl")
+    with pytest.raises(ValueError, match="does not fit VQGAN"):
+        _task(model_name="vqgan_f4", init_from=str(tmp_path / "kl"))

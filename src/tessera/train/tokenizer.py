@@ -76,6 +76,24 @@ def load_perceptual(kind: str, checkpoint: str | None, lpips_vgg16: str | None, 
     raise ValueError(f"perceptual must be 'none', 'classifier' or 'lpips', got {kind!r}")
 
 
+def load_initial_weights(model: nn.Module, path: str) -> None:
+    """Load a trained tokenizer's weights into `model`; only a discriminator may be missing from them."""
+    from tessera.io.checkpoint import load_checkpoint, read_state_dict
+
+    state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.startswith("discriminator.")]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise ValueError(
+            f"init_from={path!r} does not fit {type(model).__name__} (its sizes must be the model_args'): "
+            f"missing {missing[:6]}{'...' if len(missing) > 6 else ''}, unexpected {unexpected[:6]}"
+            f"{'...' if len(unexpected) > 6 else ''}"
+        )
+    load_checkpoint(model, path, strict=False)  # shape mismatches are named there
+    log.info("tokenizer initialised from %s (%d tensors)", path, len(state))
+
+
 class TokenizerTask(EMAHost, MultiOptimizerTask):
     """Train a registered tokenizer (`tessera.list_models(kind="tokenizer")`).
 
@@ -96,6 +114,9 @@ class TokenizerTask(EMAHost, MultiOptimizerTask):
         tau_start / tau_end / tau_steps: dVAE temperature annealing (exponential over tau_steps).
         num_grid: images in the reconstruction grid (0: none).
         collapse_usage / collapse_steps: warn when codebook usage stays below this for that many steps.
+        init_from: a trained tokenizer (run or export folder) of the same sizes to start from, e.g. a
+            VQ-GAN from a VQ-VAE: taming's reconstruction phase, then the adversarial one. Every
+            weight must be there except the discriminator's, which starts fresh.
     """
 
     monitor: tuple[str, str] = ("val/rec_loss", "min")
@@ -122,6 +143,7 @@ class TokenizerTask(EMAHost, MultiOptimizerTask):
         num_grid: int = 8,
         collapse_usage: float = 0.05,
         collapse_steps: int = 200,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.init_ema(ema_decay, eval_with_ema=True)
@@ -142,6 +164,8 @@ class TokenizerTask(EMAHost, MultiOptimizerTask):
             if key not in kw and dm is not None and getattr(dm, key, None):
                 kw[key] = getattr(dm, key)
         self.model = create_model(self.hparams.model_name, **kw)
+        if self.hparams.init_from:
+            load_initial_weights(self.model, self.hparams.init_from)
 
     @property
     def has_discriminator(self) -> bool:
