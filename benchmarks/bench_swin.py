@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import autocast_if, best_times_interleaved, matmul_peak_gflops, print_table  # noqa: E402
 
 import tessera  # noqa: E402
-from tessera.hardware import cpu_info  # noqa: E402
+from tessera.hardware import cpu_info, onednn_kernels  # noqa: E402
 from tessera.inference import kernel_choices, optimize_for_inference  # noqa: E402
 from tessera.models.swin_fast import auto_chunk_tokens  # noqa: E402
 
@@ -133,6 +133,7 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
             r["ratio vs fastest peer"] = f"{r['_ips'] / best_peer:.2f}x"
     print(f"threads={torch.get_num_threads()} batch={batch} {size}x{size}; measured GEMM peak (GFLOP/s, the row's "
           f"precision) fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}; Swin-T {macs / 1e9:.2f} GMACs/img; best of {rounds} rounds")
+    print(f"GEMM kernels reached: {onednn_kernels()}")
     print("inference chunks per stage (tokens, fp32, auto from the cache): "
           + ", ".join(str(auto_chunk_tokens(96 * 2**i, 4, cpu_info().l3_bytes or cpu_info().l2_bytes)) for i in range(4)))
     choices = kernel_choices()

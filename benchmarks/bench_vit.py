@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import matmul_peak_gflops, record  # noqa: E402
 
 import tessera  # noqa: E402
+from tessera.hardware import onednn_kernels  # noqa: E402
 from tessera.inference import kernel_choices, optimize_for_inference  # noqa: E402
 
 # name -> (tessera model, transformers classes or None, transformers config fields)
@@ -168,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch {torch.__version__}, device {device}, threads {args.threads}, batch {args.batch}, "
           f"{args.rounds} rounds x {args.iters} batches; GEMM peak GFLOP/s "
           + ", ".join(f"{d} {v:.0f}" for d, v in peaks.items()))
+    if device.type == "cpu":
+        print(f"GEMM kernels reached: {onednn_kernels()}")
     ok = True
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

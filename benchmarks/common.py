@@ -94,7 +94,10 @@ def machine() -> dict:
     """The CPU (model, ISA flags, bf16 arithmetic, caches), torch version and threads of this run."""
     from tessera.hardware import cpu_info
 
-    return {**cpu_info().as_dict(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    from tessera.hardware import onednn_kernels
+
+    return {**cpu_info().as_dict(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "gemm_kernels": onednn_kernels()}
 
 
 def record(rows: list[dict], columns: list[str], note: str = "") -> None:

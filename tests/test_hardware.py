@@ -68,3 +68,19 @@ def test_dtype_and_matmul_dtype_together_is_an_error():
         optimize_for_inference(model, matmul_dtype=torch.float32, dtype="auto")
     with pytest.raises(ValueError, match="'auto', 'fp32' or 'bf16'"):
         optimize_for_inference(model, dtype="fp16")
+
+
+def test_onednn_kernels_names_the_implementation_each_gemm_reaches():
+    from tessera.hardware import onednn_kernels
+
+    kernels = onednn_kernels()
+    assert set(kernels) == {"fp32 linear", "fp32 matmul", "bf16 linear", "bf16 matmul"}
+    info = cpu_info()
+    # oneDNN's inner product always runs in oneDNN; its ISA is the best the CPU has
+    assert kernels["fp32 linear"].startswith(("brg", "gemm", "jit", "ref"))
+    if "avx512f" in info.flags:
+        assert "avx512" in kernels["fp32 linear"]
+    if info.amx:
+        assert "amx" in kernels["bf16 linear"]  # the AMX kernel (issue: bf16 GEMMs must reach it)
+    elif info.bf16_arithmetic:
+        assert "bf16" in kernels["bf16 linear"] and "amx" not in kernels["bf16 linear"]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -90,3 +93,42 @@ def cpu_info() -> CPUInfo:
         l3_bytes=_cache_bytes(3),
         threads=torch.get_num_threads(),
     )
+
+
+_PROBE = """
+import torch
+a, w = torch.randn(64, 256), torch.randn(128, 256)
+with torch.inference_mode():
+    for dtype in (torch.float32, torch.bfloat16):
+        x, y = a.to(dtype), w.to(dtype)
+        print("case", dtype, "linear", flush=True)
+        torch.ops.mkldnn._linear_pointwise(x, y, None, "none", [], "")
+        print("case", dtype, "matmul", flush=True)
+        x @ y.t()
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def onednn_kernels() -> dict[str, str]:
+    """The kernel each GEMM path reaches on this CPU, read from oneDNN's verbose log (cached).
+
+    Keys "fp32 linear" / "bf16 linear" (oneDNN's inner product, `InferenceLinear`) and
+    "fp32 matmul" / "bf16 matmul" (aten's `@` / `F.linear`); values are oneDNN's implementation
+    names ("brg_matmul:avx512_core_amx" is the AMX kernel) or "not oneDNN (MKL / aten)" when aten
+    handled the call itself. Run in a child process: the verbose switch is read once at start-up.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return {}
+    env = {**os.environ, "ONEDNN_VERBOSE": "1", "DNNL_VERBOSE": "1", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=120).stdout
+    found: dict[str, str] = {}
+    case = None
+    for line in out.splitlines():
+        if line.startswith("case "):
+            _, dtype, op = line.split()
+            case = f"{'bf16' if 'bfloat16' in dtype else 'fp32'} {op}"
+            found[case] = "not oneDNN (MKL / aten)"
+        elif case and ",primitive,exec," in line:
+            fields = line.split(",")
+            found[case] = fields[fields.index("exec") + 3]  # exec, engine, primitive kind, implementation
+    return found
