@@ -38,6 +38,10 @@ class VQGANConfig(VQConfig):
 
     disc_layers / disc_channels: PatchGAN depth and base width (taming: 3, 64).
     disc_start: generator steps before the GAN terms switch on.
+    disc_norm: "batch" (taming's BatchNorm, so its checkpoints load) or "none". BatchNorm over a batch
+        of reconstructions alone rescales their activations to the real batch's, which hides exactly
+        what tells a blurry reconstruction from a real image (less high-frequency energy); with short
+        training on small images the discriminator then never separates them (hinge loss stays 1).
     """
 
     latent_channels: int = 3
@@ -47,6 +51,7 @@ class VQGANConfig(VQConfig):
     perceptual_weight: float = 1.0
     disc_layers: int = 3
     disc_channels: int = 64
+    disc_norm: Literal["batch", "none"] = "batch"
     disc_start: int = 0
     disc_weight: float = 0.75
     codebook_weight: float = 1.0
@@ -65,16 +70,18 @@ class NLayerDiscriminator(nn.Module):
     Layer indices in `main` are taming's (`loss.discriminator.main.{i}`), so its weights load by name.
     """
 
-    def __init__(self, in_chans: int = 3, channels: int = 64, n_layers: int = 3) -> None:
+    def __init__(self, in_chans: int = 3, channels: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
         super().__init__()
+        if norm not in ("batch", "none"):
+            raise ValueError(f"disc_norm must be 'batch' or 'none', got {norm!r}")
         layers: list[nn.Module] = [nn.Conv2d(in_chans, channels, 4, 2, 1), nn.LeakyReLU(0.2)]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
             layers += [
-                nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=False),
-                nn.BatchNorm2d(channels * mult),
+                nn.Conv2d(channels * prev, channels * mult, 4, stride, 1, bias=norm == "none"),
+                nn.BatchNorm2d(channels * mult) if norm == "batch" else nn.Identity(),  # same indices either way
                 nn.LeakyReLU(0.2),
             ]
         layers.append(nn.Conv2d(channels * mult, 1, 4, 1, 1))
@@ -115,7 +122,7 @@ class VQGAN(VQVAE):
 
     def __init__(self, config: VQGANConfig) -> None:
         super().__init__(config)
-        self.discriminator = NLayerDiscriminator(config.in_chans, config.disc_channels, config.disc_layers)
+        self.discriminator = NLayerDiscriminator(config.in_chans, config.disc_channels, config.disc_layers, config.disc_norm)
 
     def gan_active(self, global_step: int | None) -> bool:
         """Whether the GAN terms are on at this generator step (None: always, e.g. evaluation)."""
