@@ -84,6 +84,16 @@ def test_vqgan_gan_terms_and_disc_start():
     assert d.loss.item() > 0 and model.discriminator_loss(x, late.reconstruction, global_step=0).loss.item() == 0
 
 
+def test_discriminator_warms_up_alone_before_the_generator_sees_it():
+    model = tiny("vqgan_f4", disc_start=5, disc_warmup=3).train()
+    x = torch.randn(2, 3, 32, 32)
+    assert [model.disc_active(s) for s in (1, 2, 5)] == [False, True, True]
+    assert [model.gan_active(s) for s in (2, 4, 5)] == [False, False, True]
+    warm = model(x, global_step=3)
+    assert warm.g_loss.item() == 0  # the generator does not see D yet ...
+    assert model.discriminator_loss(x, warm.reconstruction, global_step=3).loss.item() > 0  # ... D trains
+
+
 def test_adaptive_weight_is_the_gradient_norm_ratio():
     w = torch.randn(3, 3, requires_grad=True)
     nll, g = (w * 2).sum(), (w * 0.5).sum()

@@ -38,6 +38,9 @@ class VQGANConfig(VQConfig):
 
     disc_layers / disc_channels: PatchGAN depth and base width (taming: 3, 64).
     disc_start: generator steps before the GAN terms switch on.
+    disc_warmup: steps the discriminator trains alone before disc_start. An untrained
+        discriminator's gradient is tiny, so the adaptive weight (their norm ratio) scales noise up
+        to the size of the reconstruction gradient; a warmed-up one gives the generator a signal.
     disc_norm: "batch" (taming's BatchNorm, so its checkpoints load) or "none". BatchNorm over a batch
         of reconstructions alone rescales their activations to the real batch's, which hides exactly
         what tells a blurry reconstruction from a real image (less high-frequency energy); with short
@@ -53,6 +56,7 @@ class VQGANConfig(VQConfig):
     disc_channels: int = 64
     disc_norm: Literal["batch", "none"] = "batch"
     disc_start: int = 0
+    disc_warmup: int = 0
     disc_weight: float = 0.75
     codebook_weight: float = 1.0
 
@@ -128,6 +132,10 @@ class VQGAN(VQVAE):
         """Whether the GAN terms are on at this generator step (None: always, e.g. evaluation)."""
         return global_step is None or global_step >= self.config.disc_start
 
+    def disc_active(self, global_step: int | None) -> bool:
+        """Whether the discriminator trains at this step: from disc_start - disc_warmup."""
+        return global_step is None or global_step >= self.config.disc_start - self.config.disc_warmup
+
     def forward(
         self, x: Tensor, perceptual: nn.Module | None = None, global_step: int | None = None
     ) -> TokenizerOutput:
@@ -154,7 +162,7 @@ class VQGAN(VQVAE):
         """Hinge loss of the discriminator on real x and (detached) reconstructions."""
         logits_real = self.discriminator(x.detach())
         logits_fake = self.discriminator(reconstruction.detach())
-        factor = 1.0 if self.gan_active(global_step) else 0.0
+        factor = 1.0 if self.disc_active(global_step) else 0.0
         return DiscriminatorOutput(
             loss=factor * hinge_d_loss(logits_real, logits_fake),
             logits_real=logits_real.detach().mean(),

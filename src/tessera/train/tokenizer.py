@@ -3,7 +3,7 @@
 Per batch (manual optimisation, `tessera.train.multi_optim`):
 
     generator:      L_G = model(x, perceptual, global_step).loss            -> optimizer "generator"
-    discriminator:  L_D = hinge(D(x), D(sg[x_hat]))  (VQ-GAN, from disc_start) -> optimizer "discriminator"
+    discriminator:  L_D = hinge(D(x), D(sg[x_hat]))  (VQ-GAN, from disc_start - disc_warmup) -> optimizer "discriminator"
 
 Logged every step: the loss terms, codebook usage (fraction of codes used within the
 quantizer's window) and perplexity, the learning rates and, for the dVAE, the annealed
@@ -220,7 +220,7 @@ class TokenizerTask(EMAHost, MultiOptimizerTask):
             value = getattr(out, key)
             if value is not None:
                 logs[f"train/{key}"] = value
-        if self.has_discriminator and self.model.gan_active(step):
+        if self.has_discriminator and self.model.disc_active(step):
             d = self.model.discriminator_loss(x, out.reconstruction, global_step=step)
             self.step_optimizer("discriminator", d.loss)
             logs.update({"train/d_loss": d.loss, "train/logits_real": d.logits_real, "train/logits_fake": d.logits_fake})
