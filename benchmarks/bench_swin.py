@@ -134,8 +134,7 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
     print(f"threads={torch.get_num_threads()} batch={batch} {size}x{size}; measured GEMM peak (GFLOP/s, the row's "
           f"precision) fp32 {peaks['fp32']:.0f}, bf16 {peaks['bf16']:.0f}; Swin-T {macs / 1e9:.2f} GMACs/img; best of {rounds} rounds")
     print(f"GEMM kernels reached: {onednn_kernels()}")
-    print("inference chunks per stage (tokens, fp32, auto from the cache): "
-          + ", ".join(str(auto_chunk_tokens(96 * 2**i, 4, cpu_info().l3_bytes or cpu_info().l2_bytes)) for i in range(4)))
+    print(f"inference chunks (tokens, auto from the cache): {auto_chunk_tokens(cpu_info().l3_bytes or cpu_info().l2_bytes)}")
     choices = kernel_choices()
     print("linear kernels chosen by optimize_for_inference: "
           + "; ".join(f"{r['in']}->{r['out']} x{r['rows']} {r['dtype']} {r['activation']}: {r['kernel']} "

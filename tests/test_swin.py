@@ -548,7 +548,7 @@ def test_chunking_is_for_cpu_inference_only():
     assert fast.chunk_size(cpu, training=False) is None  # autograd on
 
 
-def test_auto_chunks_follow_the_cache_the_width_and_the_dtype(monkeypatch):
+def test_auto_chunks_follow_the_cache(monkeypatch):
     import dataclasses
 
     from tessera.models import swin_fast
@@ -556,15 +556,12 @@ def test_auto_chunks_follow_the_cache_the_width_and_the_dtype(monkeypatch):
     info = swin_fast.cpu_info()
     fast = SwinFastPath("auto")
     with torch.no_grad():
-        for l3, l2 in ((32 * 2**20, 2**20), (8 * 2**20, 2**20), (0, 2 * 2**20)):
+        for l3, l2, expected in ((32 * 2**20, 2**20, 4096), (8 * 2**20, 2**20, 1024), (0, 4 * 2**20, 512)):
             monkeypatch.setattr(swin_fast, "cpu_info", lambda: dataclasses.replace(info, l3_bytes=l3, l2_bytes=l2))
-            cache = l3 or l2
-            assert fast.chunk_size(torch.zeros(1, 8, 8, 96), training=False) == cache // 4 // (4 * 96 * 4)
-            # twice the width: half the tokens; bf16: twice the tokens
-            assert fast.chunk_size(torch.zeros(1, 8, 8, 192), training=False) == cache // 4 // (4 * 192 * 4)
-            assert fast.chunk_size(torch.zeros(1, 8, 8, 96, dtype=torch.bfloat16), training=False) == cache // 4 // (4 * 96 * 2)
-    assert swin_fast.auto_chunk_tokens(768, 4, 0) == 32 * 2**20 // 4 // (4 * 768 * 4)  # cache unknown: 32 MiB
-    assert swin_fast.auto_chunk_tokens(10**6, 4, 2**20) == 64  # never below 64 tokens
+            for width, dtype in ((96, torch.float32), (768, torch.bfloat16)):  # the same count for every stage
+                assert fast.chunk_size(torch.zeros(1, 8, 8, width, dtype=dtype), training=False) == expected
+    assert swin_fast.auto_chunk_tokens(0) == 4096  # cache unknown: 32 MiB assumed
+    assert swin_fast.auto_chunk_tokens(2**20) == 256  # never below 256 tokens
 
 
 def test_auto_chunking_gives_the_same_output_as_none(monkeypatch):
@@ -577,13 +574,13 @@ def test_auto_chunking_gives_the_same_output_as_none(monkeypatch):
     with torch.no_grad():
         model.set_inference_chunking(None)
         whole = model(x)
-        # a 64 KiB "cache": stage 1 (C = 32 in the tiny model) gets the smallest groups, 64 tokens
-        small = dataclasses.replace(swin_fast.cpu_info(), l3_bytes=2**16)
+        # a 1 MiB "cache": the smallest groups, 256 tokens (one 195-token image a group)
+        small = dataclasses.replace(swin_fast.cpu_info(), l3_bytes=2**20)
         monkeypatch.setattr(swin_fast, "cpu_info", lambda: small)
         model.set_inference_chunking("auto")
         calls = _block_calls(model)
         chunked = model(x)
-    assert calls[0] == 1  # one image (195 tokens) a group, larger than a chunk
+    assert calls[0] == 1  # one image (195 tokens) a group: two would exceed 256
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
 
 
