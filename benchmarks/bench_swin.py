@@ -193,6 +193,27 @@ def run_sweep(sizes: list[int], iters: int) -> None:
     print_table(rows, ["model", "size", "latency ms", "peak activation MiB"])
 
 
+def run_chunks(batch: int, size: int, rounds: int) -> None:
+    """Swin-T's default path with each inference grouping: the cache rule, fixed counts, none (best of rounds, in turns)."""
+    torch.manual_seed(0)
+    model = tessera.create_model(SWIN_T).eval()
+    x = torch.randn(batch, 3, size, size)
+    auto = auto_chunk_tokens(cpu_info().l3_bytes or cpu_info().l2_bytes)
+    variants = {f"auto ({auto} tokens)": "auto", "2,048 tokens": 2048, "8,192 tokens": 8192, "no groups": None}
+
+    def run(chunk):
+        def call():
+            model.set_inference_chunking(chunk)
+            return model(x)
+        return call
+
+    with torch.inference_mode():
+        best = best_times_interleaved({k: run(v) for k, v in variants.items()}, rounds=rounds)
+    rows = [{"grouping": k, "img/s": f"{batch / v:.2f}"} for k, v in best.items()]
+    print(f"Swin-T inference, batch {batch}, {size} px, threads {torch.get_num_threads()}, best of {rounds} in turns")
+    print_table(rows, ["grouping", "img/s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
@@ -202,9 +223,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--sweep", action="store_true", help="resolution sweep instead of the speed table")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 672, 896, 1120])
+    parser.add_argument("--chunks", action="store_true", help="inference grouping: the cache rule vs fixed counts vs none")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    if args.sweep:
+    if args.chunks:
+        run_chunks(args.batch, args.size, args.iters)
+    elif args.sweep:
         run_sweep(args.sizes, args.iters)
     else:
         run_speed(args.batch, args.size, args.iters, args.compile)
