@@ -77,7 +77,7 @@ def test_onednn_kernels_names_the_implementation_each_gemm_reaches():
     assert set(kernels) == {"fp32 linear", "fp32 matmul", "bf16 linear", "bf16 matmul"}
     info = cpu_info()
     # oneDNN's inner product always runs in oneDNN; its ISA is the best the CPU has
-    assert kernels["fp32 linear"].startswith(("brg", "gemm", "jit", "ref"))
+    assert kernels["fp32 linear"] and kernels["fp32 linear"] != "not oneDNN (MKL / aten)"
     if "avx512f" in info.flags:
         assert "avx512" in kernels["fp32 linear"]
     if info.amx:
