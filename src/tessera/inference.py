@@ -91,6 +91,7 @@ class KernelChoices:
 
     @staticmethod
     def key(x: Tensor, w: Tensor, activation: Activation) -> tuple:
+        """(in, out, rows rounded up to a power of two, dtype, activation): the case a choice is kept for."""
         rows = x.numel() // max(1, x.shape[-1])
         return (w.shape[1], w.shape[0], 1 << max(0, rows - 1).bit_length(), x.dtype, activation)
 
