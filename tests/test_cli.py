@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,20 @@ def test_fit_on_an_empty_image_folder_fails_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "no class subfolders" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_bench_all_gives_each_script_the_arguments_it_needs(tmp_path):
+    """bench_tokenizers.py has subcommands: bench-all must name one, in the quick and the full run."""
+    from tessera.cli.bench_all import bench_all
+
+    (tmp_path / "common.py").write_text("")
+    (tmp_path / "bench_tokenizers.py").write_text(
+        "import json, pathlib, sys\n"
+        "out = pathlib.Path(__file__).with_name('argv.json')\n"
+        "seen = json.loads(out.read_text()) if out.exists() else []\n"
+        "out.write_text(json.dumps(seen + [sys.argv[1:]]))\n"
+        "sys.exit(0 if sys.argv[1:2] == ['speed'] else 2)\n"
+    )
+    assert bench_all(["--quick", "--dir", str(tmp_path)]) == 0
+    assert bench_all(["--dir", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "argv.json").read_text()) == [["speed", "--quick"], ["speed"]]

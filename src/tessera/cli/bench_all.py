@@ -14,7 +14,11 @@ SCRIPTS = {
     "bench_diffusion.py": ["--quick"],
     "bench_engine.py": ["--steps", "2", "--warmup", "1"],
     "bench_train.py": ["--quick"],
+    "bench_dense.py": ["--quick"],
+    "bench_tokenizers.py": ["speed", "--quick"],
 }
+# Arguments a script needs in the full run too (bench_tokenizers.py has subcommands: speed, eval).
+FULL = {"bench_tokenizers.py": ["speed"]}
 
 
 def bench_all(argv: list[str]) -> int:
@@ -33,7 +37,7 @@ def bench_all(argv: list[str]) -> int:
         env = {**os.environ, "TESSERA_BENCH_RECORD": "0"}
     failed = []
     for script in sorted(p.name for p in folder.glob("bench_*.py")):
-        extra = SCRIPTS.get(script, []) if args.quick else []
+        extra = SCRIPTS.get(script, []) if args.quick else FULL.get(script, [])
         print(f"== {script} {' '.join(extra)}", flush=True)
         if subprocess.run([sys.executable, str(folder / script), *extra], env=env).returncode != 0:
             failed.append(script)
