@@ -62,9 +62,7 @@ def caption_main(argv: list[str]) -> int:
 def _tokenizer(folder: Path, pre: dict, cls: type):
     """The run's tokenizer: preprocess.json's copy, else tokenizer.json in the folder or its parent."""
     if "tokenizer" in pre:
-        from tokenizers import Tokenizer
-
-        return cls(Tokenizer.from_str(pre["tokenizer"]))
+        return cls.from_json(pre["tokenizer"])
     for path in (folder / "tokenizer.json", folder.parent / "tokenizer.json"):
         if path.is_file():
             return cls.load(path)

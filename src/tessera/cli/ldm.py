@@ -65,11 +65,9 @@ def sample_ldm(argv: list[str]) -> int:
         pre = folder / "preprocess.json"
         if not pre.is_file():
             raise ValueError(f"{str(pre)!r} is missing: the run's text tokenizer is saved there")
-        from tokenizers import Tokenizer
-
         from tessera.data.text import TextTokenizer
 
-        tok = TextTokenizer(Tokenizer.from_str(json.loads(pre.read_text())["tokenizer"]))
+        tok = TextTokenizer.from_json(json.loads(pre.read_text())["tokenizer"])
         # byte-level BPE: any character encodes (unseen ones as their UTF-8 bytes); long prompts are truncated
         rows = tok.encode(args.prompt, spec["cond_encoder"]["context_len"])
         n = args.num or 8 * len(args.prompt)

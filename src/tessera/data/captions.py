@@ -292,7 +292,11 @@ class CaptionDataModule(ImageDataModule):
         ):
             sets.append(CaptionDataset(images[idx], None if tokens is None else tokens[idx], labels[idx], tf, caps))
         self.train_set, self.val_set, self.test_set = sets
-        self.class_prompts = [self.prompt_template.format(c) for c in self.class_names]
+        self.class_prompts = self.make_class_prompts()
+
+    def make_class_prompts(self) -> list[str]:
+        """One zero-shot prompt per class: `prompt_template` filled with the class name."""
+        return [self.prompt_template.format(c) for c in self.class_names]
 
     def preprocess(self) -> dict:
         """Image preprocessing plus the tokenizer (JSON text) and context length, saved beside exported weights."""
@@ -368,8 +372,6 @@ class FashionCaptionsDataModule(CaptionDataModule):
         tokenizer_path, with_captions).
     """
 
-    prompt_template = "a picture of {}"
-
     def __init__(
         self,
         root: str | None = None,
@@ -396,7 +398,6 @@ class FashionCaptionsDataModule(CaptionDataModule):
         )
         self.root, self.val_size = root, val_size
         self.class_names = [c.lower() for c in FASHION_CLASSES]
-        self.class_prompts_ = [fashion_caption(i) for i in range(len(FASHION_CLASSES))]
 
     def load(self) -> tuple[Tensor, list[str], Tensor, Tensor]:
         from tessera.data.idx import IDXDataModule
@@ -404,22 +405,20 @@ class FashionCaptionsDataModule(CaptionDataModule):
         files = IDXDataModule(root=self.root, img_size=self.img_size, in_chans=self.in_chans)
         x, y = files.load_split("train")
         tx, ty = files.load_split("t10k")
-        if not 0 <= self.val_size < len(x):
-            raise ValueError(f"val_size must lie in [0, {len(x)}), got {self.val_size}")
         labels = torch.cat([y, ty])
         groups = torch.cat([torch.zeros(len(x), dtype=torch.long), torch.ones(len(tx), dtype=torch.long)])
         return torch.cat([x, tx]), [fashion_caption(int(c)) for c in labels], labels, groups
 
     def split(self, groups: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(train, val, test) indices: the training file split as `IDXDataModule`, the test file for test."""
-        in_train = (groups == 0).nonzero().flatten()
-        order = in_train[torch.randperm(len(in_train), generator=torch.Generator().manual_seed(self.split_seed))]
-        val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        from tessera.data.idx import train_val_split
+
+        train, val = train_val_split(int((groups == 0).sum()), self.val_size, self.split_seed)  # the train file comes first
         return train, val, (groups == 1).nonzero().flatten()
 
-    def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        self.class_prompts = list(self.class_prompts_)  # "a picture of an ankle boot": the captions themselves
+    def make_class_prompts(self) -> list[str]:
+        """The captions themselves ("a picture of an ankle boot"), with their articles."""
+        return [fashion_caption(i) for i in range(len(self.class_names))]
 
 
 class EmojiCaptionsDataModule(CaptionDataModule):

@@ -94,6 +94,14 @@ def _to_images(raw: np.ndarray, img_size: int, in_chans: int) -> Tensor:
     return x.expand(-1, in_chans, -1, -1).contiguous() if in_chans > 1 else x
 
 
+def train_val_split(n: int, val_size: int, split_seed: int) -> tuple[Tensor, Tensor]:
+    """(train, val) indices of a training file of n images: `val_size` drawn by `split_seed`, both sorted."""
+    if not 0 <= val_size < n:
+        raise ValueError(f"val_size must lie in [0, {n}), got {val_size}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
 class IDXDataModule(ImageDataModule):
     """MNIST-format IDX files as a DataModule (default: Fashion-MNIST, 28 px padded to 32).
 
@@ -156,10 +164,7 @@ class IDXDataModule(ImageDataModule):
         if self.test_set is not None:
             return
         x, y = self.load_split("train")
-        if not 0 <= self.val_size < len(x):
-            raise ValueError(f"val_size must lie in [0, {len(x)}), got {self.val_size}")
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(self.split_seed))
-        val, train = order[: self.val_size].sort().values, order[self.val_size :].sort().values
+        train, val = train_val_split(len(x), self.val_size, self.split_seed)
         if self.train_limit is not None:
             train = train[: self.train_limit]
         if self.normalize == "standard":

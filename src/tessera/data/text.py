@@ -98,6 +98,13 @@ class TextTokenizer:
         return cls(tok)
 
     @classmethod
+    def from_json(cls, text: str) -> "TextTokenizer":
+        """From the JSON text `save` writes (a run's preprocess.json keeps a copy under "tokenizer")."""
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_str(text))
+
+    @classmethod
     def load(cls, path: str | Path) -> "TextTokenizer":
         """Read `tokenizer.json` (a file, or a folder holding one)."""
         from tokenizers import Tokenizer

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -422,8 +422,6 @@ def token_generation(out: Path, quick: bool = False) -> dict:
 
 def multimodal(out: Path, quick: bool = False) -> dict:
     """The notes' multimodal recipe both ways: caption -> image (conditional accuracy, FD) and image -> caption (accuracy)."""
-    from tokenizers import Tokenizer
-
     from tessera.data.text import TextTokenizer
     from tessera.generative.multimodal import MultimodalLayout
 
@@ -439,7 +437,7 @@ def multimodal(out: Path, quick: bool = False) -> dict:
         raise ValueError(f"{runs['multimodal']} is not a multimodal run (tokens.json has no layout)")
     layout = MultimodalLayout(**spec["layout"])
     pre = json.loads((Path(runs["multimodal"]) / "preprocess.json").read_text())
-    tok = TextTokenizer(Tokenizer.from_str(pre["tokenizer"]))
+    tok = TextTokenizer.from_json(pre["tokenizer"])
     grid = tuple(spec["grid"])
     classes = len(pre["class_prompts"])
     y = class_requests(classes, per_class)
@@ -531,10 +529,9 @@ def make_quick_runs(folder: Path) -> dict[str, str]:
     runs["multimodal"] = str(folder / "multimodal")
     tessera.create_model("tokengpt_digits", vocab_size=layout.vocab_size, seq_len=layout.seq_len, num_classes=0,
                          dim=16, depth=1, heads=2).save_pretrained(runs["multimodal"])
-    layout_fields = {k: getattr(layout, k) for k in ("text_vocab", "num_codes", "text_len", "image_len", "pad_id", "eos_id")}
     (Path(runs["multimodal"]) / "tokens.json").write_text(json.dumps(
         {"first_stage": "vqvae_f4", "first_stage_checkpoint": runs["vq"], "first_stage_args": None, "grid": [8, 8],
-         "layout": layout_fields}))
+         "layout": asdict(layout)}))
     (Path(runs["multimodal"]) / "preprocess.json").write_text(json.dumps(
         {"img_size": 16, "tokenizer": tok.tokenizer.to_str(), "context_length": 8, "class_prompts": captions}))
     return runs
