@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import autocast_if, best_times_interleaved, matmul_peak_gflops, print_table  # noqa: E402
+from common import autocast_if, best_times_interleaved, breakdown_rows, matmul_peak_gflops, print_table  # noqa: E402
 
 import tessera  # noqa: E402
 from tessera.hardware import cpu_info, onednn_kernels  # noqa: E402
 from tessera.inference import kernel_choices, optimize_for_inference  # noqa: E402
+from tessera.layers.attention import attention_choices  # noqa: E402
 from tessera.models.swin_fast import auto_chunk_tokens  # noqa: E402
 
 SWIN_T = "swin_tiny_patch4_window7_224"
@@ -117,6 +118,12 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
             if "compile" in key[1]:
                 notes.append(f"{key[1]}: first call (compilation) {time.perf_counter() - start:.0f} s")
         best = best_times_interleaved({key: (lambda fn=fn: fn(x)) for key, fn in runs.items()}, rounds=rounds)
+        fastest = {}  # (library, precision) -> its fastest mode: where does its time go?
+        for key in sorted(best, key=best.get, reverse=True):
+            fastest[(key[0], key[1][:4])] = key
+        breakdowns, breakdown_columns = breakdown_rows(
+            {f"swin_t / {lib} / {key[1]}": (lambda fn=runs[key]: fn(x)) for (lib, _), key in sorted(fastest.items())},
+            macs * batch, peaks)
     rows = []
     for key, out in outputs.items():
         ips = batch / best[key]
@@ -139,6 +146,9 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
     print("linear kernels chosen by optimize_for_inference: "
           + "; ".join(f"{r['in']}->{r['out']} x{r['rows']} {r['dtype']} {r['activation']}: {r['kernel']} "
                       f"(onednn {r['onednn_us']:.0f} us, aten {r['aten_us']:.0f} us)" for r in choices))
+    print("attention kernels chosen by optimize_for_inference: " + "; ".join(
+        f"{r['batch_heads']}x{r['queries']}x{r['head_dim']} {r['dtype']}: {r['kernel']} "
+        f"(sdpa {r['sdpa_us']:.0f} us, explicit {r['explicit_us']:.0f} us)" for r in attention_choices()))
     columns = ["library", "mode", "img/s", "ratio vs fastest peer", "%GEMM peak", "max|diff| vs fp32 peer", "finite"]
     print_table(rows, columns)
     # Every MAC at the measured GEMM peak: no library can pass this (LayerNorm, softmax, GELU and
@@ -149,6 +159,8 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
           "the fp32 peer")
     for note in notes:
         print(note)
+    print_table(breakdowns, breakdown_columns, "share of the profiled time per op category (self CPU time), "
+                "each library's fastest mode per precision")
 
 
 SWEEP_CHILD = r"""

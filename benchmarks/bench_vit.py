@@ -37,11 +37,12 @@ from typing import Callable, NamedTuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import matmul_peak_gflops, record  # noqa: E402
+from common import breakdown_rows, matmul_peak_gflops, print_table, record  # noqa: E402
 
 import tessera  # noqa: E402
 from tessera.hardware import onednn_kernels  # noqa: E402
 from tessera.inference import kernel_choices, optimize_for_inference  # noqa: E402
+from tessera.layers.attention import attention_choices  # noqa: E402
 
 # name -> (tessera model, transformers classes or None, transformers config fields)
 PAIRS: dict[str, tuple[str, tuple[str, str] | None, dict]] = {
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="1 round of 1 batch: a smoke test, not a measurement")
+    p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
+                   help="skip the profile of where each precision's fastest tessera and peer modes spend their time")
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.iters, args.warmup = 1, 1, 1
@@ -173,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GEMM kernels reached: {onednn_kernels()}")
     ok = True
     rows: list[dict] = []
+    breakdowns: list[dict] = []
+    breakdown_columns: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         for key in args.models:
             ours, peer = build_pair(key, Path(tmp), device)
@@ -205,15 +210,25 @@ def main(argv: list[str] | None = None) -> int:
                         "max|diff|": f"{diffs[k]:.1e}",
                     })
                     r = rows[-1]
+                    if args.breakdown and device.type == "cpu" and v == max(w for j, w in ips.items() if j[0] == k[0]):
+                        with torch.inference_mode():  # each library's fastest mode of this precision
+                            found, breakdown_columns = breakdown_rows(
+                                {f"{key} / {k[0]} / {k[1]}": lambda fn=runners[k]: fn(x)}, macs * args.batch, peaks, args.iters)
+                        breakdowns += found
                     print(f"{key:10s} {k[0]:12s} {k[1]:30s} {v:8.2f} img/s  {r['vs fastest peer']:>6s}  "
                           f"{r['%GEMM peak']:>4s} of peak  diff {r['max|diff|']}", flush=True)
             del ours, peer
     choices = kernel_choices()
     picked = {c: sum(r["kernel"] == c for r in choices) for c in ("onednn", "aten")}
     print(f"linear kernels chosen by optimize_for_inference (per shape, dtype): {picked}")
+    attention = {c: sum(r["kernel"] == c for r in attention_choices()) for c in ("sdpa", "explicit")}
+    print(f"attention kernels chosen by optimize_for_inference (per shape, dtype): {attention}")
     record(rows, ["model", "library", "mode", "img/s", "vs fastest peer", "%GEMM peak", "max|diff|"],
            f"batch {args.batch}, {args.rounds} rounds x {args.iters} batches, device {device}, "
-           f"GEMM peak GFLOP/s {peaks}, kernels chosen {picked}")
+           f"GEMM peak GFLOP/s {peaks}, kernels chosen {picked}, attention kernels {attention}")
+    if breakdowns:
+        note = "share of the profiled time per op category (self CPU time), each library's fastest mode per precision"
+        print_table(breakdowns, breakdown_columns, note)  # also recorded
     return 0 if ok else 1
 
 

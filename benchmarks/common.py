@@ -118,3 +118,27 @@ def record(rows: list[dict], columns: list[str], note: str = "") -> None:
     }
     with open(RESULTS, "a") as f:
         f.write(json.dumps(entry, default=str) + "\n")
+
+
+def breakdown_rows(runs: dict[str, Callable[[], object]], macs: int, peak_gflops: dict[str, float],
+                   iters: int = 2) -> tuple[list[dict], list[str]]:
+    """Where the time of each run goes (`tessera.profile.time_breakdown`), one row per run, and the columns.
+
+    `macs`: multiply-accumulates of one call (the whole batch). Keys are "model / library / mode" labels whose mode starts with its precision
+    ("fp32 ..." / "bf16 ..."). Besides the share of every op category: the
+    rate of the GEMM ops alone (the model's MACs, attention's included, over the
+    time in GEMM and attention ops), as a fraction of the precision's peak. A
+    run whose GEMMs run near the peak loses the rest to the categories listed.
+    """
+    from tessera.profile import BREAKDOWN_KEYS, time_breakdown
+
+    rows = []
+    for label, fn in runs.items():
+        parts = time_breakdown(fn, iters=iters)
+        total = parts.pop("total")
+        precision = label.split(" / ")[-1][:4]
+        matmul_time = parts["gemm"] + parts["attention"]
+        rows.append({"run": label, "ms/batch (profiled)": f"{1e3 * total:.0f}",
+                     **{k: f"{100 * v / total:.0f}%" for k, v in parts.items()},
+                     "GEMM+attention ops %peak": f"{100 * 2 * macs / matmul_time / 1e9 / peak_gflops[precision]:.0f}%"})
+    return rows, ["run", "ms/batch (profiled)", *BREAKDOWN_KEYS, "GEMM+attention ops %peak"]

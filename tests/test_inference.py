@@ -71,6 +71,48 @@ def test_auto_kernel_takes_the_faster_one_per_shape_and_times_each_case_once(mon
     assert len(timed) == 6 * reps
 
 
+def test_auto_attention_takes_the_faster_kernel_per_shape_and_equals_the_fused_one(monkeypatch):
+    from tessera.layers import attention
+
+    choices = attention.AttentionChoices()
+    monkeypatch.setattr(attention, "ATTENTION_CHOICES", choices)
+    fake = {("sdpa", 8): 2.0, ("explicit", 8): 1.0, ("sdpa", 16): 1.0, ("explicit", 16): 3.0}
+    timed: list[tuple[str, int]] = []
+
+    def fake_time(name, q, k, v, bias):
+        timed.append((name, q.shape[-2]))
+        return fake[(name, q.shape[-2])]
+
+    monkeypatch.setattr(choices, "time_kernel", fake_time)
+    torch.manual_seed(0)
+    short, long = [torch.randn(2, 3, 8, 4) for _ in range(3)], [torch.randn(2, 3, 16, 4) for _ in range(3)]
+    bias = torch.randn(1, 3, 8, 8)
+    with torch.inference_mode():
+        for _ in range(2):
+            got = attention.attend(*short, bias, fused="auto")
+            torch.testing.assert_close(got, attention.attend(*short, bias, fused=True), atol=1e-5, rtol=1e-5)
+            attention.attend(*long, fused="auto")
+    reps = choices.repeats
+    assert sorted(timed) == sorted([("sdpa", 8), ("explicit", 8), ("sdpa", 16), ("explicit", 16)] * reps)
+    assert {r["queries"]: r["kernel"] for r in attention.attention_choices()} == {8: "explicit", 16: "sdpa"}
+    q = short[0].clone().requires_grad_()
+    attention.attend(q, *short[1:], fused="auto").sum().backward()  # autograd: the fused kernel, nothing timed
+    assert len(timed) == 4 * reps and q.grad is not None
+
+
+def test_optimize_for_inference_lets_every_attention_choose_and_keeps_the_outputs():
+    torch.manual_seed(0)
+    plain = tessera.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
+    fast = optimize_for_inference(copy.deepcopy(plain))
+    assert {m.fused for m in fast.modules() if hasattr(m, "fused")} == {"auto"}
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-5)
+        low = optimize_for_inference(copy.deepcopy(plain), dtype="bf16")(x.bfloat16())
+    assert low.dtype == torch.bfloat16 and torch.isfinite(low).all()
+    assert (low.float() - plain(x)).abs().max() < 0.1 * plain(x).abs().max()
+
+
 @pytest.mark.slow
 def test_optimized_swin_equals_plain_path_and_keeps_the_state_dict():
     plain = tiny_swin()

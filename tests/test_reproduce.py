@@ -91,3 +91,18 @@ def test_peak_memory_probe_sees_a_call_below_the_earlier_high_water_mark():
     probe, maxrss_growth = map(float, out.stdout.split())
     assert 30 <= probe <= 40
     assert maxrss_growth < 1  # why the old probe read 0
+
+
+def test_a_finished_run_is_not_trained_again_but_a_changed_one_is(tmp_path, monkeypatch):
+    import tessera.train.cli as train_cli
+    from tessera.experiments.common import digits_data, fit_run
+    from tessera.experiments.swin_ablation import QUICK_BASE, task
+
+    calls = []
+    real = train_cli.lightning_main
+    monkeypatch.setattr(train_cli, "lightning_main", lambda argv: calls.append(argv) or real(argv))
+    first = fit_run(tmp_path / "r", task(QUICK_BASE), digits_data(16), epochs=1, seed=0, limit_batches=2)
+    again = fit_run(tmp_path / "r", task(QUICK_BASE), digits_data(16), epochs=1, seed=0, limit_batches=2)
+    assert len(calls) == 1 and again == first
+    fit_run(tmp_path / "r", task(QUICK_BASE), digits_data(16), epochs=1, seed=1, limit_batches=2)
+    assert len(calls) == 2

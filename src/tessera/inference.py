@@ -16,6 +16,10 @@ What it does, in place, keeping every parameter (and so the state_dict):
 - the GELU of each `Mlp` moves into its fc1: a oneDNN post-op, so the hidden
   activations (4C wide, the largest tensor of a block) are written once
   instead of written, read and written again (aten: a separate GELU);
+- every attention layer (global, cross and window) runs each shape through the
+  faster of torch's fused attention kernel and explicit matmuls + softmax, timed
+  at its first call (`attention_choices()` lists the picks): in bf16 on a Zen 5
+  the explicit bf16 matmuls beat the fused CPU kernel;
 - `matmul_dtype=torch.float32` on a bf16 (or fp16) model: weights and
   activations stay in bf16 (half the memory), every linear layer and window
   attention up-casts its operands and runs its matmuls in fp32, then rounds
@@ -42,7 +46,6 @@ elsewhere are unchanged.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Literal
 
 import torch
@@ -50,12 +53,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tessera.hardware import cpu_info
+from tessera.layers.kernel_choice import FastestKernel, pow2_bucket, timing_applies
+from tessera.layers.attention import Attention, CrossAttention
 from tessera.layers.mlp import Mlp
 from tessera.layers.window_attention import WindowAttention
 
 log = logging.getLogger(__name__)
 
 Activation = Literal["none", "gelu"]
+ATTENTION_MODULES = (Attention, CrossAttention, WindowAttention)
 
 
 Kernel = Literal["auto", "onednn", "aten"]
@@ -74,46 +80,27 @@ def _aten_linear(x: Tensor, w: Tensor, b: Tensor | None, activation: Activation)
 _KERNELS = {"onednn": _onednn_linear, "aten": _aten_linear}
 
 
-class KernelChoices:
+class KernelChoices(FastestKernel):
     """The faster linear kernel per (shape, dtype, activation) on this machine, timed once and kept.
 
     oneDNN's fused inner product beats aten's `addmm` + activation on some CPUs
     (AMX, AVX512-BF16, shapes where the fused epilogue saves a pass over the
-    output) and loses on others (MKL's fp32 GEMM on an AVX2 EPYC). Rather than a
-    table tuned on one machine, the first call of each case times both on the
-    real operands (best of `repeats` calls each after a warm-up, in turns) and keeps the
-    winner for the process. Row counts are bucketed to powers of two.
+    output) and loses on others (MKL's fp32 GEMM on an AVX2 EPYC). Row counts
+    are bucketed to powers of two.
     """
 
     def __init__(self, repeats: int = 5) -> None:
-        self.repeats = repeats
-        self.table: dict[tuple, tuple[str, dict[str, float]]] = {}
+        super().__init__(_KERNELS, repeats)
 
     @staticmethod
     def key(x: Tensor, w: Tensor, activation: Activation) -> tuple:
         """(in, out, rows rounded up to a power of two, dtype, activation): the case a choice is kept for."""
         rows = x.numel() // max(1, x.shape[-1])
-        return (w.shape[1], w.shape[0], 1 << max(0, rows - 1).bit_length(), x.dtype, activation)
-
-    def time_kernel(self, name: str, x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> float:
-        """Seconds of one call of kernel `name`."""
-        start = time.perf_counter()
-        _KERNELS[name](x, w, b, activation)
-        return time.perf_counter() - start
+        return (w.shape[1], w.shape[0], pow2_bucket(rows), x.dtype, activation)
 
     def choose(self, x: Tensor, w: Tensor, b: Tensor | None, activation: Activation) -> str:
         """The kernel for this case: from the table, or timed now and recorded."""
-        key = self.key(x, w, activation)
-        if key not in self.table:
-            for fn in _KERNELS.values():  # warm-up: first-call allocations and oneDNN's primitive cache
-                fn(x, w, b, activation)
-            times = {name: float("inf") for name in _KERNELS}
-            for _ in range(self.repeats):  # in turns, best of each: a busy moment slows both alike
-                for name in _KERNELS:
-                    times[name] = min(times[name], self.time_kernel(name, x, w, b, activation))
-            self.table[key] = (min(times, key=times.get), times)
-            log.debug("linear kernel for %s: %s (%s)", key, self.table[key][0], times)
-        return self.table[key][0]
+        return self.choose_for(self.key(x, w, activation), x, w, b, activation)
 
     def summary(self) -> list[dict]:
         """One row per timed case: shape, dtype, activation, the choice and both times (microseconds)."""
@@ -181,9 +168,7 @@ class InferenceLinear(nn.Module):
 def _onednn_applies(x: Tensor) -> bool:
     """oneDNN's fused inner product: on CPU without autograd (it has no backward), for fp32, and for
     bf16 where the CPU has bf16 arithmetic (AVX512-BF16 / AMX; elsewhere `matmul_dtype` avoids it)."""
-    if torch.is_grad_enabled() or x.device.type != "cpu" or not torch.backends.mkldnn.is_available():
-        return False
-    if torch.compiler.is_compiling() or torch.compiler.is_exporting():  # traced: no timing, no custom op in the graph
+    if not timing_applies(x) or not torch.backends.mkldnn.is_available():  # traced: no custom op in the graph
         return False
     return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and cpu_info().bf16_arithmetic)
 
@@ -247,6 +232,8 @@ def optimize_for_inference(
             module.act_in_place = None
         if isinstance(module, WindowAttention):
             module.matmul_dtype = matmul_dtype
+        if isinstance(module, ATTENTION_MODULES) and module.fused is True:
+            module.fused = "auto"  # the faster of the fused kernel and explicit matmuls, per shape
         for name, child in module.named_children():
             if type(child) is nn.Linear:
                 setattr(module, name, InferenceLinear(child, "none", matmul_dtype, kernel))

@@ -12,6 +12,8 @@ from typing import Any
 
 import yaml
 
+FINISHED = "finished.json"  # written by fit_run when a run has trained and tested
+
 
 def fit_run(
     root: Path,
@@ -23,6 +25,11 @@ def fit_run(
     limit_batches: int | None = None,
 ) -> dict[str, float]:
     """Train and test one configuration with `tessera fit`; its test metrics and wall time.
+
+    A run that finished writes `finished.json` (its config and metrics); calling
+    again with the same config returns those without training, so an experiment
+    killed half-way resumes at the first unfinished run. A different config in
+    the same folder trains again.
 
     Args:
         root: the run folder (`trainer.default_root_dir`).
@@ -47,12 +54,18 @@ def fit_run(
         trainer |= {f"limit_{s}_batches": limit_batches for s in ("train", "val", "test")}
     config = {"seed_everything": seed, "trainer": trainer, "model": model, "data": data,
               "checkpoint": {"every_n_train_steps": 10_000}}
+    record = root / FINISHED
+    if record.is_file():
+        done = json.loads(record.read_text())
+        if done.get("config") == config:
+            return done["metrics"]
     start = time.time()
     code = lightning_main(["fit", "--config", yaml.safe_dump(config, sort_keys=False)])
     if code != 0:
         raise RuntimeError(f"training run in {root} failed (exit code {code})")
     metrics = last_metrics(root / "metrics.csv")
     metrics["seconds"] = time.time() - start
+    record.write_text(json.dumps({"config": config, "metrics": metrics}, indent=1))
     return metrics
 
 

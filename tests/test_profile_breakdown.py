@@ -1,0 +1,30 @@
+"""Where the time goes: op categories of the profiler's self times."""
+
+import torch
+from torch import nn
+
+from tessera.profile import BREAKDOWN_KEYS, op_category, time_breakdown
+
+
+def test_op_names_fall_into_their_categories():
+    assert op_category("aten::addmm") == "gemm"
+    assert op_category("mkldnn::_linear_pointwise") == "gemm"
+    assert op_category("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert op_category("aten::native_layer_norm") == "norm"
+    assert op_category("aten::gelu") == "activation"
+    assert op_category("aten::copy_") == "layout"
+    assert op_category("aten::add") == "elementwise"
+    assert op_category("aten::some_new_op") == "other ops"
+
+
+def test_a_gemm_heavy_call_is_mostly_gemm_and_a_norm_heavy_one_mostly_norm(one_thread):
+    torch.manual_seed(0)
+    a, b = torch.randn(512, 512), torch.randn(512, 512)
+    norm = nn.LayerNorm(64)
+    x = torch.randn(20000, 64)
+    with torch.inference_mode():
+        gemm = time_breakdown(lambda: a @ b, iters=3)
+        layer_norm = time_breakdown(lambda: norm(x), iters=3)
+    assert set(gemm) == {*BREAKDOWN_KEYS, "total"}
+    assert gemm["gemm"] > 0.7 * gemm["total"] and layer_norm["norm"] > 0.7 * layer_norm["total"]
+    assert sum(v for k, v in gemm.items() if k != "total") <= gemm["total"] * 1.001
