@@ -89,22 +89,28 @@ def test_auto_attention_takes_the_faster_kernel_per_shape_and_equals_the_fused_o
     bias = torch.randn(1, 3, 8, 8)
     with torch.inference_mode():
         for _ in range(2):
-            got = attention.attend(*short, bias, fused="auto")
+            got = attention.attend(*short, bias, fused="timed")
             torch.testing.assert_close(got, attention.attend(*short, bias, fused=True), atol=1e-5, rtol=1e-5)
-            attention.attend(*long, fused="auto")
+            attention.attend(*long, fused="timed")
     reps = choices.repeats
     assert sorted(timed) == sorted([("sdpa", 8), ("explicit", 8), ("sdpa", 16), ("explicit", 16)] * reps)
     assert {r["queries"]: r["kernel"] for r in attention.attention_choices()} == {8: "explicit", 16: "sdpa"}
     q = short[0].clone().requires_grad_()
-    attention.attend(q, *short[1:], fused="auto").sum().backward()  # autograd: the fused kernel, nothing timed
+    attention.attend(q, *short[1:], fused="timed").sum().backward()  # autograd: the fused kernel, nothing timed
     assert len(timed) == 4 * reps and q.grad is not None
+    with torch.inference_mode():  # the modules' default: fp32 takes the fused kernel untimed, bf16 is timed
+        attention.attend(*[t[:1] for t in short], fused="auto")
+        assert len(timed) == 4 * reps
+        attention.attend(*[t.bfloat16() for t in short], fused="auto")
+    assert len(timed) == 6 * reps and choices.table.keys() >= {attention.AttentionChoices.key(
+        short[0].bfloat16(), short[1].bfloat16(), None)}
 
 
 def test_optimize_for_inference_lets_every_attention_choose_and_keeps_the_outputs():
     torch.manual_seed(0)
     plain = tessera.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
     fast = optimize_for_inference(copy.deepcopy(plain))
-    assert {m.fused for m in fast.modules() if hasattr(m, "fused")} == {"auto"}
+    assert {m.fused for m in fast.modules() if hasattr(m, "fused")} == {"timed"}
     x = torch.randn(3, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), plain(x), atol=1e-5, rtol=1e-5)

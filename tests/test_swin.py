@@ -178,7 +178,7 @@ def test_window_attention_equals_explicit_reference_and_keeps_no_state():
     attn.fused = False  # the explicit softmax of `attend`
     with torch.no_grad():
         torch.testing.assert_close(attn(x, mask), ref, atol=1e-5, rtol=1e-5)
-    attn.fused = True
+    attn.fused = "auto"  # the default
     assert vars(attn).keys() == before.keys() and all(vars(attn)[k] is v for k, v in before.items())
 
 

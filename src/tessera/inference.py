@@ -232,8 +232,8 @@ def optimize_for_inference(
             module.act_in_place = None
         if isinstance(module, WindowAttention):
             module.matmul_dtype = matmul_dtype
-        if isinstance(module, ATTENTION_MODULES) and module.fused is True:
-            module.fused = "auto"  # the faster of the fused kernel and explicit matmuls, per shape
+        if isinstance(module, ATTENTION_MODULES) and module.fused in (True, "auto"):
+            module.fused = "timed"  # the faster of the fused kernel and explicit matmuls, per shape, any dtype
         for name, child in module.named_children():
             if type(child) is nn.Linear:
                 setattr(module, name, InferenceLinear(child, "none", matmul_dtype, kernel))

@@ -34,7 +34,7 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> 
 
 
 class AttentionChoices(FastestKernel):
-    """The faster of the fused kernel and the explicit path per attention shape, timed once (`attend(fused="auto")`)."""
+    """The faster of the fused kernel and the explicit path per attention shape, timed once (`attend(fused="timed")`)."""
 
     def __init__(self, repeats: int = 5) -> None:
         super().__init__({"sdpa": sdpa_attention, "explicit": explicit_attention}, repeats)
@@ -51,24 +51,31 @@ ATTENTION_CHOICES = AttentionChoices()
 
 
 def attention_choices() -> list[dict]:
-    """The attention kernels `attend(fused="auto")` chose in this process, one row per case."""
+    """The attention kernels `attend(fused="timed")` chose in this process, one row per case."""
     return [{"batch_heads": k[0], "queries": k[1], "keys": k[2], "head_dim": k[3], "dtype": str(k[4]).replace("torch.", ""),
              "bias": k[5], "kernel": choice, **{f"{n}_us": round(t * 1e6, 1) for n, t in times.items()}}
             for k, (choice, times) in ATTENTION_CHOICES.table.items()]
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fused: bool | str = True) -> Tensor:
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fused: bool | str = "auto") -> Tensor:
     """softmax(q k^T / sqrt(d) + bias) v over (..., N, d) tensors.
 
-    `fused=True`: torch's fused kernel; `False`: the explicit reference path,
-    kept for tests and for reading; `"auto"` (set by `optimize_for_inference`):
-    whichever of the two is faster for this shape on this machine, timed at the
-    first call, where no autograd or tracing runs (the fused kernel otherwise).
-    All give the same result up to rounding.
+    `fused`: True, torch's fused kernel; False, the explicit reference path
+    (kept for tests and for reading); "timed" (set by `optimize_for_inference`):
+    whichever of the two is faster for this shape and dtype on this machine,
+    timed at the first call; "auto" (the modules' default): "timed" for bf16 /
+    fp16 inputs, where torch's fused CPU kernel can lose to explicit bf16
+    matmuls, the fused kernel for fp32. The timed choice applies only without
+    autograd or tracing, on CPU (the fused kernel otherwise). All agree up to rounding.
     """
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     if fused == "auto":
+        fused = "timed" if q.dtype in LOW_PRECISION else True
+    if fused == "timed":
         if timing_applies(q):
             return ATTENTION_CHOICES.run(AttentionChoices.key(q, k, bias), q, k, v, bias)
         fused = True
@@ -92,7 +99,7 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self.fused = True
+        self.fused: bool | str = "auto"  # see `attend`
 
     def forward(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         """x: (B, N, C); bias broadcastable to (B, h, N, N) -> (B, N, C)."""
@@ -116,7 +123,7 @@ class CrossAttention(nn.Module):
         self.q = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv = nn.Linear(context_dim, 2 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
-        self.fused = True
+        self.fused: bool | str = "auto"  # see `attend`
 
     def forward(self, x: Tensor, context: Tensor, bias: Tensor | None = None) -> Tensor:
         """x: (B, N, C), context: (B, M, C_ctx), bias broadcastable to (B, h, N, M) -> (B, N, C)."""

@@ -149,7 +149,7 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rel_pos_bias = RelativePositionBias(self.window, num_heads) if rel_pos else None
-        self.fused = True  # False: the explicit softmax reference path of `attend`
+        self.fused: bool | str = "auto"  # False: the explicit softmax reference path of `attend`
         # dtype of the attention matmuls, None: the input's. Set explicitly by
         # `tessera.inference.optimize_for_inference` (fp32 math for bf16 weights on CPUs
         # without bf16 arithmetic); never chosen here.
