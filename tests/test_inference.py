@@ -62,7 +62,7 @@ def test_auto_kernel_takes_the_faster_one_per_shape_and_times_each_case_once(mon
             wide(torch.randn(10, 48))
         small(torch.randn(12, 24))  # 12 rows: the same power-of-two bucket (16) as 10
         small(torch.randn(40, 24))  # another bucket: timed again
-    reps = choices.repeats  # each case: every kernel `repeats` times, once
+    reps = choices.repeats + 1  # each case, once: every kernel a warm-up call and `repeats` timed calls
     assert sorted(timed) == sorted(([("onednn", 24), ("aten", 24)] * 2 + [("onednn", 48), ("aten", 48)]) * reps)
     table = {(r["in"], r["rows"]): r["kernel"] for r in inference.kernel_choices()}
     assert table == {(24, 16): "onednn", (48, 16): "aten", (24, 64): "onednn"}
@@ -92,7 +92,7 @@ def test_auto_attention_takes_the_faster_kernel_per_shape_and_equals_the_fused_o
             got = attention.attend(*short, bias, fused="timed")
             torch.testing.assert_close(got, attention.attend(*short, bias, fused=True), atol=1e-5, rtol=1e-5)
             attention.attend(*long, fused="timed")
-    reps = choices.repeats
+    reps = choices.repeats + 1  # a warm-up call and `repeats` timed calls
     assert sorted(timed) == sorted([("sdpa", 8), ("explicit", 8), ("sdpa", 16), ("explicit", 16)] * reps)
     assert {r["queries"]: r["kernel"] for r in attention.attention_choices()} == {8: "explicit", 16: "sdpa"}
     q = short[0].clone().requires_grad_()
@@ -104,6 +104,27 @@ def test_auto_attention_takes_the_faster_kernel_per_shape_and_equals_the_fused_o
         attention.attend(*[t.bfloat16() for t in short], fused="auto")
     assert len(timed) == 6 * reps and choices.table.keys() >= {attention.AttentionChoices.key(
         short[0].bfloat16(), short[1].bfloat16(), None)}
+
+
+def test_timed_attention_under_autograd_times_forward_and_backward_and_gives_the_same_gradients(monkeypatch):
+    from tessera.layers import attention
+
+    inference, training = attention.AttentionChoices(), attention.TrainingAttentionChoices(repeats=2)
+    monkeypatch.setattr(attention, "ATTENTION_CHOICES", inference)
+    monkeypatch.setattr(attention, "TRAINING_ATTENTION_CHOICES", training)
+    torch.manual_seed(0)
+    q, k, v = [torch.randn(2, 3, 8, 4, requires_grad=True) for _ in range(3)]
+    table = torch.randn(3, 8, 8, requires_grad=True)  # a learned bias: its gradient flows through either kernel
+    grads = {}
+    for fused in (True, "timed"):
+        out = attention.attend(q, k, v, table[None], fused=fused)
+        grads[fused] = torch.autograd.grad((out * out).sum(), (q, k, v, table))
+    for a, b in zip(grads[True], grads["timed"]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert len(training.table) == 1 and not inference.table  # timed with backward, the caller's graph untouched
+    (choice, times), = training.table.values()
+    assert choice in ("sdpa", "explicit") and all(0 < t < 10 for t in times.values())
+    assert all(r["backward"] for r in attention.attention_choices())
 
 
 def test_optimize_for_inference_lets_every_attention_choose_and_keeps_the_outputs():

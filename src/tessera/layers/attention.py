@@ -7,12 +7,14 @@ with a large finite negative, never -inf: a row of -inf would give NaN.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from tessera.layers.kernel_choice import FastestKernel, pow2_bucket, timing_applies
+from tessera.layers.kernel_choice import FastestKernel, pow2_bucket, tracing
 
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> Tensor:
@@ -47,14 +49,36 @@ class AttentionChoices(FastestKernel):
                 None if bias is None else tuple(bias.shape))
 
 
+class TrainingAttentionChoices(AttentionChoices):
+    """The same choice for attention under autograd: each kernel timed forward + backward.
+
+    In bf16 on CPU the fused kernel's backward can be several times slower than
+    autograd through the explicit matmuls (measured 1.6-1.9x for ViT-S shapes,
+    7x for Swin's masked windows, on a Zen 5); in fp32 it is not timed (the
+    fused kernel also saves the N x N matrix the explicit path keeps for backward).
+    """
+
+    def time_kernel(self, name: str, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> float:
+        """Seconds of one forward + backward of kernel `name` on detached copies (the caller's graph is untouched)."""
+        leaves = [None if t is None else t.detach().requires_grad_(t.requires_grad) for t in (q, k, v, bias)]
+        with torch.enable_grad():
+            start = time.perf_counter()
+            out = self.kernels[name](*leaves)
+            out.backward(torch.ones_like(out))
+            return time.perf_counter() - start
+
+
 ATTENTION_CHOICES = AttentionChoices()
+TRAINING_ATTENTION_CHOICES = TrainingAttentionChoices()
 
 
 def attention_choices() -> list[dict]:
-    """The attention kernels `attend(fused="timed")` chose in this process, one row per case."""
+    """The attention kernels `attend(fused="timed")` chose in this process, one row per case (inference, training)."""
     return [{"batch_heads": k[0], "queries": k[1], "keys": k[2], "head_dim": k[3], "dtype": str(k[4]).replace("torch.", ""),
-             "bias": k[5], "kernel": choice, **{f"{n}_us": round(t * 1e6, 1) for n, t in times.items()}}
-            for k, (choice, times) in ATTENTION_CHOICES.table.items()]
+             "bias": k[5], "backward": chooser is TRAINING_ATTENTION_CHOICES, "kernel": choice,
+             **{f"{n}_us": round(t * 1e6, 1) for n, t in times.items()}}
+            for chooser in (ATTENTION_CHOICES, TRAINING_ATTENTION_CHOICES)
+            for k, (choice, times) in chooser.table.items()]
 
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -66,18 +90,21 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fused: b
     `fused`: True, torch's fused kernel; False, the explicit reference path
     (kept for tests and for reading); "timed" (set by `optimize_for_inference`):
     whichever of the two is faster for this shape and dtype on this machine,
-    timed at the first call; "auto" (the modules' default): "timed" for bf16 /
-    fp16 inputs, where torch's fused CPU kernel can lose to explicit bf16
-    matmuls, the fused kernel for fp32. The timed choice applies only without
-    autograd or tracing, on CPU (the fused kernel otherwise). All agree up to rounding.
+    timed at the first call (forward + backward when autograd records it);
+    "auto" (the modules' default): "timed" for bf16 / fp16 inputs, where
+    torch's fused CPU kernel can lose to explicit bf16 matmuls, the fused kernel
+    for fp32. The timed choice applies on CPU outside tracing (the fused kernel
+    otherwise). All agree up to rounding.
     """
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     if fused == "auto":
         fused = "timed" if q.dtype in LOW_PRECISION else True
     if fused == "timed":
-        if timing_applies(q):
-            return ATTENTION_CHOICES.run(AttentionChoices.key(q, k, bias), q, k, v, bias)
+        if q.device.type == "cpu" and not tracing():
+            needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+            chooser = TRAINING_ATTENTION_CHOICES if needs_grad else ATTENTION_CHOICES
+            return chooser.run(AttentionChoices.key(q, k, bias), q, k, v, bias)
         fused = True
     return sdpa_attention(q, k, v, bias) if fused else explicit_attention(q, k, v, bias)
 

@@ -20,11 +20,14 @@ from torch import Tensor
 log = logging.getLogger(__name__)
 
 
+def tracing() -> bool:
+    """True under torch.compile or torch.export: no timing, no custom ops in the graph."""
+    return torch.compiler.is_compiling() or torch.compiler.is_exporting()
+
+
 def timing_applies(x: Tensor) -> bool:
     """True where a kernel may be chosen by timing: CPU, no autograd, not compiling or exporting."""
-    if torch.is_grad_enabled() or x.device.type != "cpu":
-        return False
-    return not (torch.compiler.is_compiling() or torch.compiler.is_exporting())
+    return not torch.is_grad_enabled() and x.device.type == "cpu" and not tracing()
 
 
 def pow2_bucket(n: int) -> int:
@@ -52,8 +55,8 @@ class FastestKernel:
     def choose_for(self, key: Hashable, *args) -> str:
         """The kernel for case `key`: from the table, or timed now on `args` and recorded."""
         if key not in self.table:
-            for fn in self.kernels.values():  # warm-up: first-call allocations, oneDNN's primitive cache
-                fn(*args)
+            for name in self.kernels:  # warm-up: first-call allocations, oneDNN's primitive cache
+                self.time_kernel(name, *args)
             times = dict.fromkeys(self.kernels, float("inf"))
             for _ in range(self.repeats):
                 for name in self.kernels:
