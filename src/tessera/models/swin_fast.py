@@ -49,6 +49,7 @@ from torch import Tensor
 
 from tessera.hardware import cpu_info
 from tessera.layers.checkpoint import checkpointed
+from tessera.layers.kernel_choice import tracing
 from tessera.layers.window_attention import WindowAttention, pad_to_windows, shifted_window_mask, window_partition
 
 if TYPE_CHECKING:
@@ -225,8 +226,11 @@ class SwinFastPath:
         self.__init__(**state)
 
     def chunk_size(self, z: Tensor, training: bool) -> int | None:
-        """Tokens per chunk for the map z (..., C): `chunk_tokens` at CPU inference in eval mode, else None."""
-        if self.chunk_tokens is None or training or torch.is_grad_enabled() or z.device.type != "cpu":
+        """Tokens per chunk for the map z (..., C): `chunk_tokens` at eager CPU inference in eval mode, else None.
+
+        Compiled and exported graphs do not chunk: the compiler fuses and plans memory itself, and the cache
+        query is not traceable."""
+        if self.chunk_tokens is None or training or torch.is_grad_enabled() or z.device.type != "cpu" or tracing():
             return None
         if self.chunk_tokens == "auto":
             info = cpu_info()
