@@ -21,6 +21,10 @@ def reproduce(argv: list[str]) -> int:
     parser.add_argument("--seeds", type=int, default=None, help="seeds per row (default: the experiment's, 3)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs per run, where the experiment trains")
     parser.add_argument("--train-limit", type=int, default=None, help="training images used, where the experiment trains")
+    parser.add_argument("--data", default=None, help="dataset, where the experiment offers several (ssl-data-hunger: "
+                        "digits or fashion)")
+    parser.add_argument("--pretrain-seeds", type=int, default=None,
+                        help="pre-training runs per method, where the experiment pre-trains (ssl-data-hunger)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
@@ -37,7 +41,9 @@ def reproduce(argv: list[str]) -> int:
     out = Path(args.out or f"runs/reproduce/{args.name}")
     kwargs: dict = {"quick": args.quick}
     accepted = inspect.signature(fn).parameters
-    for key in ("seeds", "epochs", "train_limit"):
+    if args.pretrain_seeds is not None and args.pretrain_seeds < 1:
+        raise ValueError(f"--pretrain-seeds must be >= 1, got {args.pretrain_seeds}")
+    for key in ("seeds", "epochs", "train_limit", "data", "pretrain_seeds"):
         value = getattr(args, key)
         if value is not None:
             if key not in accepted:
