@@ -106,3 +106,20 @@ def test_a_finished_run_is_not_trained_again_but_a_changed_one_is(tmp_path, monk
     assert len(calls) == 1 and again == first
     fit_run(tmp_path / "r", task(QUICK_BASE), digits_data(16), epochs=1, seed=1, limit_batches=2)
     assert len(calls) == 2
+
+
+def test_a_run_of_another_experiment_with_the_same_config_is_taken_not_retrained(tmp_path, monkeypatch):
+    import tessera.train.cli as train_cli
+    from tessera.experiments.common import digits_data, fit_run
+    from tessera.experiments.swin_ablation import QUICK_BASE, task
+
+    calls = []
+    real = train_cli.lightning_main
+    monkeypatch.setattr(train_cli, "lightning_main", lambda argv: calls.append(argv) or real(argv))
+    first = fit_run(tmp_path / "ablation" / "a", task(QUICK_BASE), digits_data(16), epochs=1, seed=0, limit_batches=2)
+    same = fit_run(tmp_path / "global" / "b", task(QUICK_BASE), digits_data(16), epochs=1, seed=0, limit_batches=2,
+                   same_as=tmp_path / "ablation" / "a")
+    assert len(calls) == 1 and same == first and (tmp_path / "global" / "b" / "finished.json").is_file()
+    fit_run(tmp_path / "global" / "c", task(QUICK_BASE), digits_data(16), epochs=1, seed=1, limit_batches=2,
+            same_as=tmp_path / "ablation" / "a")  # another seed: another run, trained
+    assert len(calls) == 2

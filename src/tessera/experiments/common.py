@@ -23,6 +23,7 @@ def fit_run(
     epochs: int,
     seed: int,
     limit_batches: int | None = None,
+    same_as: Path | None = None,
 ) -> dict[str, float]:
     """Train and test one configuration with `tessera fit`; its test metrics and wall time.
 
@@ -38,6 +39,9 @@ def fit_run(
         epochs: max_epochs.
         seed: seed_everything (initialisation, data order, augmentation).
         limit_batches: cap on train / val / test batches per epoch (quick runs).
+        same_as: another experiment's run folder that may hold this very run (the same
+            config in another folder: plain Swin is a row of two tables); its metrics are
+            taken when its config equals this one except for the folder.
     """
     from tessera.train.cli import lightning_main
 
@@ -59,6 +63,12 @@ def fit_run(
         done = json.loads(record.read_text())
         if done.get("config") == config:
             return done["metrics"]
+    if same_as is not None and (same_as / FINISHED).is_file():
+        done = json.loads((same_as / FINISHED).read_text())
+        if _without_folder(done.get("config", {})) == _without_folder(config):
+            root.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({"config": config, "metrics": done["metrics"], "same_as": str(same_as)}, indent=1))
+            return done["metrics"]
     start = time.time()
     code = lightning_main(["fit", "--config", yaml.safe_dump(config, sort_keys=False)])
     if code != 0:
@@ -67,6 +77,12 @@ def fit_run(
     metrics["seconds"] = time.time() - start
     record.write_text(json.dumps({"config": config, "metrics": metrics}, indent=1))
     return metrics
+
+
+def _without_folder(config: dict[str, Any]) -> dict[str, Any]:
+    """A run config without its `trainer.default_root_dir` (for comparing runs kept in different folders)."""
+    trainer = {k: v for k, v in config.get("trainer", {}).items() if k != "default_root_dir"}
+    return {**config, "trainer": trainer}
 
 
 def last_metrics(path: Path) -> dict[str, float]:

@@ -35,8 +35,11 @@ def run(out: Path, quick: bool = False, seeds: int = 3, epochs: int = 3, train_l
         args = {**base, **overrides}
         model = tessera.create_model("swin_tiny_patch4_window7_224", img_size=size, in_chans=1, num_classes=10, **args)
         params, macs = tessera.profile(model, (1, size, size))
+        # plain Swin is swin-ablation's "shifted windows" row: taken from there when that run exists
         accs = [fit_run(out / "runs" / f"{label.replace(' ', '_').replace(',', '').replace('+', 'plus')}_s{seed}",
-                        task(args), data, epochs=epochs, seed=seed, limit_batches=limit)["test/acc1"]
+                        task(args), data, epochs=epochs, seed=seed, limit_batches=limit,
+                        same_as=None if overrides else out.parent / "swin-ablation" / "runs" / f"shifted_windows_s{seed}"
+                        )["test/acc1"]
                 for seed in range(seeds)]
         raw[label] = accs
         rows.append({"model": label, "params": f"{params / 1e3:.1f}K", "MACs": f"{macs / 1e6:.1f}M",
