@@ -2,6 +2,7 @@
 
     python benchmarks/bench_ldm.py                   # all three comparisons, 2 threads
     python benchmarks/bench_ldm.py --only unet --batch 64
+    python benchmarks/bench_ldm.py --quick           # batch 4, one round each: a smoke run, not a measurement
 
 1. unet: tessera's conditional LDMUNet against diffusers' UNet2DConditionModel holding the
    same weights (`tessera.diffusion.ldm_convert.to_diffusers`), one forward (inference) on the
@@ -12,7 +13,8 @@
    8x8x4 latents, plus the first stage's decode once per sample).
 3. kv-cache: next-token sampling of a whole code grid (`tokengpt_digits`, N = 64) with and
    without the KV cache (the same tokens for the same seed), and MaskGIT's 8 / 16 steps.
-Timings are the fastest of interleaved rounds (benchmarks/common.py).
+Timings are the fastest of interleaved rounds (benchmarks/common.py); each section's
+figures are appended to benchmarks/results.jsonl.
 """
 
 from __future__ import annotations
@@ -25,10 +27,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import best_times_interleaved  # noqa: E402
+from common import best_times_interleaved, record  # noqa: E402
 
 
-def bench_unet(batch: int) -> None:
+def bench_unet(batch: int, rounds: int = 7) -> None:
     import tessera
     from tessera.diffusion.ldm_convert import to_diffusers
 
@@ -48,14 +50,17 @@ def bench_unet(batch: int) -> None:
         def theirs():
             return ref(x, t, encoder_hidden_states=ctx).sample
 
-        best = best_times_interleaved({"tessera": ours, "diffusers": theirs}, rounds=7)
+        best = best_times_interleaved({"tessera": ours, "diffusers": theirs}, rounds=rounds)
     print(f"[unet] ldm_unet_digits ({model.num_params() / 1e6:.2f}M), batch {batch}, latents {c.in_chans}x{c.img_size}x{c.img_size}, max |diff| {err:.1e}")
     print(f"  tessera   {best['tessera'] * 1e3:8.1f} ms/forward  {batch / best['tessera']:8.0f} img/s")
     print(f"  diffusers {best['diffusers'] * 1e3:8.1f} ms/forward  {batch / best['diffusers']:8.0f} img/s")
     print(f"  ratio diffusers / tessera: {best['diffusers'] / best['tessera']:.2f}")
+    record([{"library": k, "ms/forward": f"{v * 1e3:.1f}", "img/s": f"{batch / v:.0f}",
+             "vs diffusers": f"{best['diffusers'] / v:.2f}x", "max|diff|": f"{err:.1e}"} for k, v in best.items()],
+           ["library", "ms/forward", "img/s", "vs diffusers", "max|diff|"], f"ldm_unet_digits forward, batch {batch}")
 
 
-def bench_pixel_vs_latent(batch: int) -> None:
+def bench_pixel_vs_latent(batch: int, rounds: int = 5) -> None:
     import tessera
 
     torch.manual_seed(0)
@@ -88,11 +93,11 @@ def bench_pixel_vs_latent(batch: int) -> None:
         loss.backward()
         opt_l.step()
 
-    train = best_times_interleaved({"pixel": step_pixel, "latent": step_latent}, rounds=5)
+    train = best_times_interleaved({"pixel": step_pixel, "latent": step_latent}, rounds=rounds)
     with torch.inference_mode():
         infer = best_times_interleaved(
             {"pixel": lambda: pixel(xp, t), "latent": lambda: latent(zl, t, ctx), "decode": lambda: first.decode(zl)},
-            rounds=5,
+            rounds=rounds,
         )
     print(f"[pixel-vs-latent] batch {batch}: unet_digits ({pixel.num_params() / 1e6:.2f}M, 32x32x1) vs ldm_unet_digits "
           f"({latent.num_params() / 1e6:.2f}M, 8x8x4)")
@@ -101,17 +106,22 @@ def bench_pixel_vs_latent(batch: int) -> None:
     steps = 50
     print(f"  DDIM {steps} steps per image: pixel {infer['pixel'] * steps / batch * 1e3:.1f} ms, latent "
           f"{(infer['latent'] * steps + infer['decode']) / batch * 1e3:.1f} ms (no guidance; s != 0, 1 doubles the UNet part)")
+    record([{"model": "pixel unet_digits", "train step ms": f"{train['pixel'] * 1e3:.1f}",
+             "sample step ms": f"{infer['pixel'] * 1e3:.1f}"},
+            {"model": "latent ldm_unet_digits (+ encode / decode)", "train step ms": f"{train['latent'] * 1e3:.1f}",
+             "sample step ms": f"{infer['latent'] * 1e3:.1f} (+{infer['decode'] * 1e3:.1f})"}],
+           ["model", "train step ms", "sample step ms"], f"pixel vs latent, batch {batch}")
 
 
 
-def bench_kv_cache() -> None:
+def bench_kv_cache(images: int = 50, rounds: int = 3) -> None:
     import tessera
     from tessera.generative import generate, maskgit_sample
 
     torch.manual_seed(0)
     gpt = tessera.create_model("tokengpt_digits", vocab_size=128, dim=96, depth=3, heads=3).eval()
     mg = tessera.create_model("maskgit_digits", vocab_size=128, dim=96, depth=3, heads=3).eval()
-    y = torch.arange(10).repeat_interleave(5)
+    y = torch.arange(10).repeat_interleave(max(1, images // 10))
     same = torch.equal(
         generate(gpt, 64, y=y, generator=torch.Generator().manual_seed(0), use_cache=True),
         generate(gpt, 64, y=y, generator=torch.Generator().manual_seed(0), use_cache=False),
@@ -123,12 +133,15 @@ def bench_kv_cache() -> None:
             "maskgit 8": lambda: maskgit_sample(mg, y=y, steps=8, generator=torch.Generator().manual_seed(0)),
             "maskgit 16": lambda: maskgit_sample(mg, y=y, steps=16, generator=torch.Generator().manual_seed(0)),
         },
-        rounds=3,
+        rounds=rounds,
     )
-    print(f"[kv-cache] 50 code grids of N = 64 (dim 96, depth 3), same tokens with and without cache: {same}")
+    images = len(y)
+    print(f"[kv-cache] {images} code grids of N = 64 (dim 96, depth 3), same tokens with and without cache: {same}")
     for k, v in best.items():
-        print(f"  {k:10s} {v:7.3f} s  ({v / 50 * 1e3:6.1f} ms/image)")
+        print(f"  {k:10s} {v:7.3f} s  ({v / images * 1e3:6.1f} ms/image)")
     print(f"  KV-cache speed-up: {best['no cache'] / best['cache']:.2f}x")
+    record([{"sampler": k, "ms/image": f"{v / images * 1e3:.1f}"} for k, v in best.items()], ["sampler", "ms/image"],
+           f"token sampling, {images} grids of 64 codes, same tokens with and without cache: {same}")
 
 
 def main() -> None:
@@ -136,15 +149,18 @@ def main() -> None:
     p.add_argument("--only", choices=("unet", "pixel", "kv"), default=None)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="batch 4, one round, 10 token grids: a smoke run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    rounds = 1 if args.quick else None
+    batch = 4 if args.quick else args.batch
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
     if args.only in (None, "unet"):
-        bench_unet(args.batch)
+        bench_unet(batch, rounds or 7)
     if args.only in (None, "pixel"):
-        bench_pixel_vs_latent(args.batch)
+        bench_pixel_vs_latent(batch, rounds or 5)
     if args.only in (None, "kv"):
-        bench_kv_cache()
+        bench_kv_cache(10 if args.quick else 50, rounds or 3)
 
 
 if __name__ == "__main__":

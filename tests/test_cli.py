@@ -112,3 +112,15 @@ def test_bench_all_gives_each_script_the_arguments_it_needs(tmp_path):
     assert bench_all(["--quick", "--dir", str(tmp_path)]) == 0
     assert bench_all(["--dir", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "argv.json").read_text()) == [["speed", "--quick"], ["speed"]]
+
+
+def test_every_benchmark_script_has_a_quick_form_that_it_accepts():
+    from tessera.cli.bench_all import SCRIPTS
+
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    scripts = {p.name for p in folder.glob("bench_*.py")}
+    assert scripts <= set(SCRIPTS), f"bench-all --quick would run these at full size: {sorted(scripts - set(SCRIPTS))}"
+    for name, extra in SCRIPTS.items():
+        source = (folder / name).read_text()
+        for flag in (a for a in extra if a.startswith("--")):
+            assert f'"{flag}"' in source, f"{name} has no {flag} option"

@@ -76,6 +76,7 @@ def test_auto_attention_takes_the_faster_kernel_per_shape_and_equals_the_fused_o
 
     choices = attention.AttentionChoices()
     monkeypatch.setattr(attention, "ATTENTION_CHOICES", choices)
+    monkeypatch.setattr(attention, "TRAINING_ATTENTION_CHOICES", attention.TrainingAttentionChoices())
     fake = {("sdpa", 8): 2.0, ("explicit", 8): 1.0, ("sdpa", 16): 1.0, ("explicit", 16): 3.0}
     timed: list[tuple[str, int]] = []
 

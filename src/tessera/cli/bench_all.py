@@ -15,6 +15,7 @@ SCRIPTS = {
     "bench_engine.py": ["--steps", "2", "--warmup", "1"],
     "bench_train.py": ["--quick"],
     "bench_dense.py": ["--quick"],
+    "bench_ldm.py": ["--quick"],
     "bench_tokenizers.py": ["speed", "--quick"],
 }
 # Arguments a script needs in the full run too (bench_tokenizers.py has subcommands: speed, eval).
