@@ -123,3 +123,25 @@ def test_a_run_of_another_experiment_with_the_same_config_is_taken_not_retrained
     fit_run(tmp_path / "global" / "c", task(QUICK_BASE), digits_data(16), epochs=1, seed=1, limit_batches=2,
             same_as=tmp_path / "ablation" / "a")  # another seed: another run, trained
     assert len(calls) == 2
+
+
+def test_effect_is_measured_against_the_seeds_noise():
+    from tessera.experiments.common import effect
+
+    assert effect([0.80, 0.81, 0.82], [0.70, 0.71, 0.72]) == "+10.0 points (12.2 s.e.)"
+    assert effect([0.80, 0.70, 0.75], [0.74, 0.72, 0.76]).endswith("s.e., within noise)")
+    assert effect([0.8], [0.7]) == "+10.0 points (1 seed: noise unknown)"
+
+
+@pytest.mark.slow
+def test_quick_claim_tables_write_every_row_and_the_effect_against_noise(tmp_path, one_thread):
+    from tessera.experiments import experiments
+
+    table = experiments()
+    ablation = table["swin-ablation"](tmp_path / "swin-ablation", quick=True, seeds=1)
+    assert [r["variant"] for r in ablation["rows"]][:2] == ["w/o shifting", "shifted windows"]
+    assert set(ablation["effects"]) == set(ablation["directions"]) and "noise unknown" in ablation["effects"]["rel. > abs."]
+    deit = table["deit-distillation"](tmp_path / "deit", quick=True, seeds=2)
+    assert len(deit["rows"]) == 4 and "s.e." in (tmp_path / "deit" / "results.md").read_text()
+    glob = table["sampled-global-attention"](tmp_path / "global", quick=True, seeds=1)
+    assert [r["model"] for r in glob["rows"]][0] == "Swin (windows only)" and len(glob["rows"]) == 4

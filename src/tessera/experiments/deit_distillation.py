@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tessera.experiments.common import digits_data, fashion_data, fit_run, fmt, mean_std, write_results
+from tessera.experiments.common import digits_data, effect, fashion_data, fit_run, fmt, write_results
 from tessera.experiments.swin_ablation import BASE as SWIN, QUICK_BASE as QUICK_SWIN, task as swin_task
 
 STUDENT = {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
@@ -50,9 +50,8 @@ def run(out: Path, quick: bool = False, seeds: int = 3, epochs: int = 3, teacher
                         epochs=epochs, seed=seed, limit_batches=limit)["test/acc1"] for seed in range(seeds)]
         raw[kind] = accs
         rows.append({"model": f"DeiT student, {kind}", "test top-1 (%)": fmt(accs)})
-    base = mean_std(raw["no distillation token"])[0]
-    notes = "Distillation token minus no token (points): " + ", ".join(
-        f"{k.split()[-1]} {100 * (mean_std(v)[0] - base):+.1f}" for k, v in raw.items() if k != "no distillation token")
+    notes = "Distillation token minus no token: " + ", ".join(
+        f"{k.split()[-1]} {effect(v, raw['no distillation token'])}" for k, v in raw.items() if k != "no distillation token")
     return write_results(out, "DeiT distillation (note 003)", ["model", "test top-1 (%)"], rows, {"raw": raw}, notes)
 
 

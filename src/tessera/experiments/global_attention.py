@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tessera.experiments.common import digits_data, fashion_data, fit_run, fmt, write_results
+from tessera.experiments.common import digits_data, effect, fashion_data, fit_run, fmt, write_results
 from tessera.experiments.swin_ablation import BASE, QUICK_BASE, task
 
 VARIANTS = {
@@ -44,8 +44,10 @@ def run(out: Path, quick: bool = False, seeds: int = 3, epochs: int = 3, train_l
         raw[label] = accs
         rows.append({"model": label, "params": f"{params / 1e3:.1f}K", "MACs": f"{macs / 1e6:.1f}M",
                      "test top-1 (%)": fmt(accs)})
+    plain = raw["Swin (windows only)"]
+    notes = "Against windows only: " + "; ".join(f"{k} {effect(v, plain)}" for k, v in raw.items() if v is not plain)
     return write_results(out, "Sampled global attention (note 004's proposal) vs Swin",
-                         ["model", "params", "MACs", "test top-1 (%)"], rows, {"raw": raw})
+                         ["model", "params", "MACs", "test top-1 (%)"], rows, {"raw": raw}, notes)
 
 
 EXPERIMENTS = {"sampled-global-attention": run}

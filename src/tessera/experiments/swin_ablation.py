@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tessera.experiments.common import digits_data, fashion_data, fit_run, fmt, mean_std, write_results
+from tessera.experiments.common import digits_data, fashion_data, effect, fit_run, fmt, mean_std, write_results
 
 # (row, the notes' top-1, Swin config overrides)
 VARIANTS: list[tuple[str, float, dict[str, Any]]] = [
@@ -58,17 +58,15 @@ def run(out: Path, quick: bool = False, seeds: int = 3, epochs: int = 3, train_l
         raw[row] = accs
         rows.append({"variant": row, "notes (ImageNet top-1)": paper, "measured top-1 (%)": fmt(accs)})
     mean = {k: mean_std(v)[0] for k, v in raw.items()}
-    directions = {
-        "shifted > w/o shifting": mean["shifted windows"] > mean["w/o shifting"],
-        "rel. > abs.": mean["rel. pos."] > mean["abs. pos."],
-        "rel. > no pos.": mean["rel. pos."] > mean["no pos."],
-        "rel. > rel. w/o app.": mean["rel. pos."] > mean["rel. pos. w/o app."],
-    }
+    pairs = {"shifted > w/o shifting": ("shifted windows", "w/o shifting"), "rel. > abs.": ("rel. pos.", "abs. pos."),
+             "rel. > no pos.": ("rel. pos.", "no pos."), "rel. > rel. w/o app.": ("rel. pos.", "rel. pos. w/o app.")}
+    directions = {k: mean[a] > mean[b] for k, (a, b) in pairs.items()}
+    effects = {k: effect(raw[a], raw[b]) for k, (a, b) in pairs.items()}
     data_name = "digits (quick)" if quick else f"Fashion-MNIST 32 px, {train_limit or 55000} training images"
     notes = (f"Data: {data_name}; {epochs} epochs; {seeds} seed(s). Directions reproduced: "
-             + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in directions.items()))
+             + ", ".join(f"{k}: {'yes' if v else 'NO'}, {effects[k]}" for k, v in directions.items()))
     return write_results(out, "Swin ablation (note 004's table)", ["variant", "notes (ImageNet top-1)",
-                         "measured top-1 (%)"], rows, {"raw": raw, "directions": directions}, notes)
+                         "measured top-1 (%)"], rows, {"raw": raw, "directions": directions, "effects": effects}, notes)
 
 
 EXPERIMENTS = {"swin-ablation": run}

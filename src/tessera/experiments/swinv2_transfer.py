@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from tessera.experiments.common import digits_data, fashion_data, fit_run, fmt, mean_std, write_results
+from tessera.experiments.common import digits_data, effect, fashion_data, fit_run, fmt, mean_std, write_results
 
 V1 = ("swin_tiny_patch4_window7_224", {"patch_size": 2, "window_size": 4, "embed_dim": 32, "depths": [2, 2],
                                       "num_heads": [2, 4]})
@@ -70,7 +70,9 @@ def run(out: Path, quick: bool = False, seeds: int = 3, epochs: int = 3, train_l
                      "drop (points)": fmt(drops)})
     drop = {k: mean_std([a - b for a, b in zip(v["native"], v["moved"])])[0] for k, v in raw.items()}
     holds = drop["Swin-V2"] <= drop["Swin-V1"]
-    notes = f"V2's drop {100 * drop['Swin-V2']:.1f} vs V1's {100 * drop['Swin-V1']:.1f} points: claim {'holds' if holds else 'does NOT hold'} here."
+    drops = {k: [a - b for a, b in zip(v["native"], v["moved"])] for k, v in raw.items()}
+    notes = (f"V2's drop {100 * drop['Swin-V2']:.1f} vs V1's {100 * drop['Swin-V1']:.1f} points: claim "
+             f"{'holds' if holds else 'does NOT hold'} here; V1's drop minus V2's: {effect(drops['Swin-V1'], drops['Swin-V2'])}.")
     return write_results(out, "Window transfer: Swin-V2 vs Swin-V1", ["model", "32 px, window 4 (%)",
                          "64 px, window 8 (%)", "drop (points)"], rows, {"raw": raw, "claim_holds": holds}, notes)
 
