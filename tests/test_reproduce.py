@@ -141,7 +141,14 @@ def test_quick_claim_tables_write_every_row_and_the_effect_against_noise(tmp_pat
     ablation = table["swin-ablation"](tmp_path / "swin-ablation", quick=True, seeds=1)
     assert [r["variant"] for r in ablation["rows"]][:2] == ["w/o shifting", "shifted windows"]
     assert set(ablation["effects"]) == set(ablation["directions"]) and "noise unknown" in ablation["effects"]["rel. > abs."]
-    deit = table["deit-distillation"](tmp_path / "deit", quick=True, seeds=2)
-    assert len(deit["rows"]) == 4 and "s.e." in (tmp_path / "deit" / "results.md").read_text()
+    deit = table["deit-distillation"](tmp_path / "deit-distillation", quick=True, seeds=2)
+    assert len(deit["rows"]) == 4 and "s.e." in (tmp_path / "deit-distillation" / "results.md").read_text()
+    teacher = tmp_path / "deit-distillation" / "runs" / "teacher"
+    assert main(["reproduce", "deit-distillation", "--quick", "--seeds", "1", "--teacher", str(teacher),
+                 "--out", str(tmp_path / "deit-given-teacher")]) == 0
+    given = json.loads((tmp_path / "deit-given-teacher" / "results.json").read_text())
+    assert given["rows"][0]["model"] == f"teacher {teacher}"
+    no_token = json.loads((tmp_path / "deit-given-teacher" / "runs" / "no_distillation_token_s0" / "finished.json").read_text())
+    assert no_token["same_as"].endswith("deit-distillation/runs/no_distillation_token_s0")  # not trained again
     glob = table["sampled-global-attention"](tmp_path / "global", quick=True, seeds=1)
     assert [r["model"] for r in glob["rows"]][0] == "Swin (windows only)" and len(glob["rows"]) == 4

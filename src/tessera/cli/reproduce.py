@@ -25,6 +25,8 @@ def reproduce(argv: list[str]) -> int:
                         "digits or fashion)")
     parser.add_argument("--pretrain-seeds", type=int, default=None,
                         help="pre-training runs per method, where the experiment pre-trains (ssl-data-hunger)")
+    parser.add_argument("--teacher", default=None, help="a trained teacher's run folder, where the experiment "
+                        "distils (deit-distillation; default: it trains one)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
@@ -43,7 +45,9 @@ def reproduce(argv: list[str]) -> int:
     accepted = inspect.signature(fn).parameters
     if args.pretrain_seeds is not None and args.pretrain_seeds < 1:
         raise ValueError(f"--pretrain-seeds must be >= 1, got {args.pretrain_seeds}")
-    for key in ("seeds", "epochs", "train_limit", "data", "pretrain_seeds"):
+    if args.teacher is not None and not Path(args.teacher).is_dir():
+        raise ValueError(f"--teacher must be a run folder, {args.teacher!r} is not one")
+    for key in ("seeds", "epochs", "train_limit", "data", "pretrain_seeds", "teacher"):
         value = getattr(args, key)
         if value is not None:
             if key not in accepted:

@@ -39,20 +39,34 @@ def run(out: Path, quick: bool = False, seeds: int = 3, epochs: int = 3, teacher
     epochs = 1 if quick else epochs
     teacher_dir = Path(teacher) if teacher else out / "runs" / "teacher"
     rows: list[dict[str, Any]] = []
-    if teacher is None:
+    if teacher is not None:
+        rows.append({"model": f"teacher {teacher_dir}", "test top-1 (%)": fmt([_test_accuracy(teacher_dir)])})
+    else:
         t = fit_run(teacher_dir, swin_task(QUICK_SWIN if quick else SWIN), data,
                     epochs=epochs if quick else 2 * epochs, seed=0, limit_batches=limit)
         rows.append({"model": "Swin teacher", "test top-1 (%)": fmt([t["test/acc1"]])})
     raw = {}
     for kind in ("no distillation token", "distillation token, hard", "distillation token, soft"):
-        accs = [fit_run(out / "runs" / f"{kind.replace(' ', '_').replace(',', '')}_s{seed}",
-                        student(kind, QUICK_STUDENT if quick else STUDENT, teacher_dir), data,
-                        epochs=epochs, seed=seed, limit_batches=limit)["test/acc1"] for seed in range(seeds)]
+        name = f"{kind.replace(' ', '_').replace(',', '')}"
+        # the student without a token never sees the teacher: the same run whatever the teacher, taken
+        # from the default folder's table when it is there
+        same = out.parent / "deit-distillation" / "runs" if kind == "no distillation token" else None
+        accs = [fit_run(out / "runs" / f"{name}_s{seed}", student(kind, QUICK_STUDENT if quick else STUDENT, teacher_dir),
+                        data, epochs=epochs, seed=seed, limit_batches=limit,
+                        same_as=None if same is None else same / f"{name}_s{seed}")["test/acc1"] for seed in range(seeds)]
         raw[kind] = accs
         rows.append({"model": f"DeiT student, {kind}", "test top-1 (%)": fmt(accs)})
     notes = "Distillation token minus no token: " + ", ".join(
         f"{k.split()[-1]} {effect(v, raw['no distillation token'])}" for k, v in raw.items() if k != "no distillation token")
     return write_results(out, "DeiT distillation (note 003)", ["model", "test top-1 (%)"], rows, {"raw": raw}, notes)
+
+
+def _test_accuracy(run_dir: Path) -> float:
+    """The last test/acc1 a run folder's metrics.csv logged (nan when it has none)."""
+    from tessera.experiments.common import last_metrics
+
+    path = run_dir / "metrics.csv"
+    return last_metrics(path).get("test/acc1", float("nan")) if path.is_file() else float("nan")
 
 
 EXPERIMENTS = {"deit-distillation": run}
