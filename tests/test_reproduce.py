@@ -141,8 +141,8 @@ def test_quick_claim_tables_write_every_row_and_the_effect_against_noise(tmp_pat
     ablation = table["swin-ablation"](tmp_path / "swin-ablation", quick=True, seeds=1)
     assert [r["variant"] for r in ablation["rows"]][:2] == ["w/o shifting", "shifted windows"]
     assert set(ablation["effects"]) == set(ablation["directions"]) and "noise unknown" in ablation["effects"]["rel. > abs."]
-    deit = table["deit-distillation"](tmp_path / "deit-distillation", quick=True, seeds=2)
-    assert len(deit["rows"]) == 4 and "s.e." in (tmp_path / "deit-distillation" / "results.md").read_text()
+    deit = table["deit-distillation"](tmp_path / "deit-distillation", quick=True, seeds=1)
+    assert len(deit["rows"]) == 4 and "noise unknown" in (tmp_path / "deit-distillation" / "results.md").read_text()
     teacher = tmp_path / "deit-distillation" / "runs" / "teacher"
     assert main(["reproduce", "deit-distillation", "--quick", "--seeds", "1", "--teacher", str(teacher),
                  "--out", str(tmp_path / "deit-given-teacher")]) == 0
