@@ -44,7 +44,7 @@ class AttentionChoices(FastestKernel):
     @staticmethod
     def key(q: Tensor, k: Tensor, bias: Tensor | None) -> tuple:
         """(batch x heads rounded up to a power of two, N, M, d, dtype, bias shape): the case a choice is kept for."""
-        *lead, n, d = q.shape
+        n, d = q.shape[-2:]
         return (pow2_bucket(q.numel() // max(1, n * d)), n, k.shape[-2], d, q.dtype,
                 None if bias is None else tuple(bias.shape))
 

@@ -50,7 +50,7 @@ from torch import Tensor
 from tessera.hardware import cpu_info
 from tessera.layers.checkpoint import checkpointed
 from tessera.layers.kernel_choice import tracing
-from tessera.layers.window_attention import WindowAttention, pad_to_windows, shifted_window_mask, window_partition
+from tessera.layers.window_attention import WindowAttention, pad_to_windows, shifted_window_mask
 
 if TYPE_CHECKING:
     from tessera.models.swin import SwinBlock, SwinStage
