@@ -37,7 +37,7 @@ from typing import Callable, NamedTuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import breakdown_rows, matmul_peak_gflops, print_table, record  # noqa: E402
+from common import breakdown_rows, matmul_peak_gflops, print_table, record, sync  # noqa: E402
 
 import tessera  # noqa: E402
 from tessera.hardware import onednn_kernels  # noqa: E402
@@ -90,11 +90,6 @@ def autocast(dtype: str, device: torch.device):
     if dtype == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_round(fn: Callable, x: torch.Tensor, iters: int, device: torch.device) -> float:

@@ -19,14 +19,22 @@ import torch
 RESULTS = Path(__file__).with_name("results.jsonl")
 
 
-def best_time(fn: Callable[[], object], warmup: int = 2, iters: int = 5) -> float:
-    """Fastest of `iters` timed calls after `warmup` untimed ones, in seconds."""
+def sync(device: torch.device | None) -> None:
+    """Wait for the device (CUDA kernels are asynchronous; nothing to wait for on CPU)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(fn: Callable[[], object], warmup: int = 2, iters: int = 5, device: torch.device | None = None) -> float:
+    """Fastest of `iters` timed calls after `warmup` untimed ones, in seconds (synchronising `device`)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
+        sync(device)
         start = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - start)
     return min(times)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
@@ -32,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import best_time, print_table, sync  # noqa: E402
 
 import tessera  # noqa: E402
 
@@ -45,26 +44,6 @@ VIT_FIELDS = {"full": dict(hidden_size=768, num_hidden_layers=12, num_attention_
               "quick": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)}
 OURS_QUICK = {"swin_t": dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2)),
               "vit_b16": dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)}
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the device (CUDA kernels are asynchronous)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def best_seconds(fn: Callable[[], object], device: torch.device, iters: int, warmup: int = 2) -> float:
-    """Best wall time of `fn()` over `iters` calls, after `warmup`."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
-    for _ in range(iters):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def classifier_pairs(size: str, folder: Path) -> dict[str, tuple[torch.nn.Module, torch.nn.Module, Callable]]:
@@ -113,7 +92,7 @@ def throughput_rows(device: torch.device, batch: int, iters: int, size: str, fol
         for library, module, fn in (("tessera", ours, ours_fn), ("peer", peer, peer_fn)):
             module.eval()
             with torch.inference_mode(), amp():
-                infer = batch / best_seconds(lambda: fn(*inputs), device, iters)
+                infer = batch / best_time(lambda: fn(*inputs), iters=iters, device=device)
             module.train()
             opt = torch.optim.AdamW(module.parameters(), lr=1e-5)
 
@@ -124,7 +103,7 @@ def throughput_rows(device: torch.device, batch: int, iters: int, size: str, fol
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-            train = batch / best_seconds(step, device, iters, warmup=1)
+            train = batch / best_time(step, warmup=1, iters=iters, device=device)
             module.eval()
             rows.append({"model": key, "library": library if library == "tessera" else type(module).__module__.split(".")[0],
                          "inference img/s": f"{infer:.1f}", "training img/s": f"{train:.1f}"})
@@ -214,7 +193,7 @@ def channels_last_rows(device: torch.device, batch: int, iters: int, size: str) 
         xs = x.contiguous(memory_format=fmt)
         with torch.inference_mode(), (torch.autocast(device.type, dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()):
             rows.append({"model": "unet_cifar10", "layout": layout,
-                         "img/s": f"{batch / best_seconds(lambda: model(xs, t), device, iters):.1f}"})
+                         "img/s": f"{batch / best_time(lambda: model(xs, t), iters=iters, device=device):.1f}"})
     return rows
 
 
