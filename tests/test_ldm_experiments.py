@@ -45,8 +45,12 @@ def test_quick_experiment_writes_its_table(tmp_path, one_thread, name):
         assert all(r["train_step_s"] > 0 for r in raw.values())
         # quick runs have no metrics.csv: no steps, so no compute figure (never a made-up one)
         assert all(r["steps_trained"] is None and r["train_compute_min"] is None for r in raw.values())
+        # the budget ladder retrained the LDM's recipe for real (2 steps in the quick form) and exported it
+        assert [e["steps"] for e in result["ladder"]] == [2]
+        assert (tmp_path / "ldm_budget_2" / "ldm.json").is_file()
+        assert result["ladder"][0]["train_compute_min"] == pytest.approx(2 * raw["LDM guidance 1"]["train_step_s"] / 60)
     else:
-        assert {"MaskGIT 8 steps", "MaskGIT 16 steps", "next-token, T = 1 (KV cache)"} <= set(raw)
+        assert {"MaskGIT 8 steps", "MaskGIT 16 steps", "next-token, T = 1 (KV cache)", "next-token, top-k 100"} <= set(raw)
         # a random model is no better than the codes' unigram distribution
         assert result["nll_bits_per_token"] > 0 and result["unigram_entropy_bits"] <= 4.0 + 1e-6
     for entry in raw.values():
@@ -204,3 +208,34 @@ def test_pixel_vs_latent_compute_is_steps_times_the_measured_step(tmp_path, one_
     assert raw["pixel DDPM"]["steps_trained"] == 120
     assert raw["pixel DDPM"]["train_compute_min"] == pytest.approx(120 * raw["pixel DDPM"]["train_step_s"] / 60)
     assert raw["LDM guidance 1"]["train_compute_min"] is None
+
+
+def test_budget_ladder_trains_cheapest_first_and_stops_at_the_pixel_models_fd(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tessera.experiments import latent_generation
+
+    runs = latent_generation.make_quick_runs(tmp_path / "q")
+    trained = []
+
+    def fake_train(run, folder, steps):
+        trained.append(steps)
+        return Path(runs["ldm"])
+
+    monkeypatch.setattr(latent_generation, "train_ldm_budget", fake_train)
+    fds = iter([5.0, 2.0, 1.0])
+    ladder = latent_generation.ldm_budget_ladder(runs["ldm"], tmp_path, (40, 10, 20), target_fd=2.5,
+                                                 score=lambda model: (0.5, next(fds), 0.01))
+    assert trained == [10, 20]   # 40 is never trained: 20 steps already matched
+    assert [(e["steps"], e["fd"]) for e in ladder] == [(10, 5.0), (20, 2.0)]
+
+
+def test_budget_run_is_reused_when_exported_and_needs_the_runs_config(tmp_path):
+    from tessera.experiments.latent_generation import train_ldm_budget
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "ldm.json").write_text("{}")
+    assert train_ldm_budget(tmp_path / "no_run", done, 10) == done     # exported already: nothing trained
+    with pytest.raises(FileNotFoundError, match="config.yaml"):
+        train_ldm_budget(tmp_path / "no_run", tmp_path / "new", 10)

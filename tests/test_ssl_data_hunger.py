@@ -72,3 +72,25 @@ def test_bad_dataset_and_seed_counts_are_clear_errors(tmp_path):
         run(tmp_path, quick=True, pretrain_seeds=0)
     with pytest.raises(ValueError, match="train_limit applies to data='fashion' only"):
         run(tmp_path, quick=True, train_limit=100)
+
+
+def test_fashion_dino_warms_its_teacher_temperature_up_and_the_digits_keep_theirs():
+    from tessera.experiments.ssl_data_hunger import DATASETS, METHODS
+
+    for name, (_, build, _) in METHODS.items():
+        if name == "SimMIM":
+            continue
+        digits = build(ENCODER, teacher_temp=DATASETS["digits"].teacher_temp)["init_args"]
+        fashion = build(ENCODER, teacher_temp=DATASETS["fashion"].teacher_temp)["init_args"]
+        assert (digits["model_args"]["teacher_temp"], digits["warmup_teacher_temp_epochs"]) == (0.04, 0)
+        assert (fashion["model_args"]["teacher_temp"], fashion["warmup_teacher_temp_epochs"]) == (0.07, 1)
+        assert fashion["model_args"]["warmup_teacher_temp"] == 0.04
+
+
+def test_a_finished_pretraining_is_reused_not_trained_again(tmp_path):
+    from tessera.experiments.ssl_data_hunger import DATASETS, pretrain_method
+
+    run_dir = tmp_path / "runs" / "dino_s2"
+    run_dir.mkdir(parents=True)
+    (run_dir / "pretrain.json").write_text(json.dumps({"seconds": 12.0}))
+    assert pretrain_method(tmp_path, "DINO", 2, DATASETS["digits"]) == (run_dir, {"seconds": 12.0})

@@ -54,6 +54,7 @@ TRAIN_COMMANDS = {
     "classifier": "tessera fit (the Fashion-MNIST classifier recipe) --trainer.default_root_dir runs/fashion_classifier",
 }
 GUIDANCE = (0.0, 1.0, 3.0, 5.0)
+TOP_K = 100  # the truncated next-token row of token-generation
 
 
 # ------------------------------------------------------------------ data and scoring
@@ -238,8 +239,59 @@ def _steps_trained(run: str | Path) -> int | None:
         return max((int(r["step"]) for r in csv.DictReader(f) if r.get("step")), default=None)
 
 
-def pixel_vs_latent(out: Path, quick: bool = False) -> dict:
-    """Pixel-space DDPM against the LDM: training step, sampling time and FD / accuracy (DDIM 50, 1 forward per step)."""
+LDM_BUDGETS = (10, 25, 50, 100, 200, 400)  # steps: the LDM's recipe retrained at each until it matches the pixel FD
+
+
+def train_ldm_budget(ldm_run: str | Path, folder: Path, steps: int) -> Path:
+    """The LDM run's own recipe (its config.yaml) retrained for `steps` optimizer steps into `folder`.
+
+    The learning-rate schedule is fitted to the budget (warm-up at most a quarter of it, the decay ending at
+    `steps`), as a run planned for that budget would be. A folder with a finished export is reused.
+    """
+    import yaml
+
+    from tessera.train.cli import lightning_main
+
+    if (folder / "ldm.json").is_file():
+        return folder
+    source = Path(ldm_run) / "config.yaml"
+    if not source.is_file():
+        raise FileNotFoundError(f"{str(source)!r} not found: the budget ladder retrains the LDM from its run's config")
+    config = yaml.safe_load(source.read_text())
+    config["trainer"] |= {"max_steps": steps, "max_epochs": -1, "max_time": None, "default_root_dir": str(folder),
+                          "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+                          "check_val_every_n_epoch": 10_000}
+    args = config["model"]["init_args"]
+    args["warmup_steps"] = min(int(args.get("warmup_steps") or 0), steps // 4)
+    if lightning_main(["fit", "--config", yaml.safe_dump(config, sort_keys=False)]) != 0:
+        raise RuntimeError(f"training the {steps}-step LDM in {folder} failed")
+    return folder
+
+
+def ldm_budget_ladder(ldm_run: str | Path, out: Path, budgets: tuple[int, ...], target_fd: float,
+                      score: Callable[[Any], tuple[float, float, float]]) -> list[dict[str, Any]]:
+    """Retrain the LDM at growing budgets until its FD is at most `target_fd` (the pixel model's).
+
+    `score(model)` gives (accuracy, FD, seconds per image) of a LatentDiffusion; one entry per budget trained.
+    """
+    from tessera.diffusion.latent import LatentDiffusion
+
+    ladder = []
+    for steps in sorted(budgets):
+        model, _ = LatentDiffusion.from_pretrained(train_ldm_budget(ldm_run, out / f"ldm_budget_{steps}", steps))
+        acc, fd, sec = score(model)
+        ladder.append({"steps": steps, "accuracy": acc, "fd": fd, "sample_s_per_image": sec})
+        if fd <= target_fd:
+            break
+    return ladder
+
+
+def pixel_vs_latent(out: Path, quick: bool = False, budgets: tuple[int, ...] = LDM_BUDGETS) -> dict:
+    """Pixel-space DDPM against the LDM: training step, sampling time and FD / accuracy (DDIM 50, 1 forward per step).
+
+    Then the LDM's recipe is retrained at growing `budgets` (steps) until its FD is as low as the pixel model's:
+    the training compute each needs for the same sample quality.
+    """
     import tessera
     from tessera.diffusion.latent import LatentDiffusion
     from tessera.diffusion.samplers import DDIMSampler
@@ -299,6 +351,31 @@ def pixel_vs_latent(out: Path, quick: bool = False) -> dict:
                      "sampling (s / image)": f"{sec:.4f}", "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2)})
         if not key.startswith("LDM guidance 3"):
             save_class_grid(x, per_class, out / f"grid_{'pixel' if key.startswith('pixel') else 'ldm'}.png")
+    def score_ldm(model: Any) -> tuple[float, float, float]:
+        x, sec = batched(_ldm_sampler(model, 1.0, steps), y, 250, seed=0)
+        return (*scorer.score(x, y), sec)
+
+    pixel = raw["pixel DDPM"]
+    ladder = ldm_budget_ladder(runs["ldm"], out, (2,) if quick else budgets, pixel["fd"], score_ldm)
+    for entry in ladder:
+        entry["train_compute_min"] = entry["steps"] * t_latent / 60
+        rows.append({"model": f"LDM guidance 1, retrained for {entry['steps']} steps", "params (M)": f"{_params(ldm.unet) / 1e6:.2f}",
+                     f"train step, batch {batch} (s)": f"{t_latent:.3f}", "steps trained": entry["steps"],
+                     "training compute (min)": f"{entry['train_compute_min']:.2f}",
+                     "sampling (s / image)": f"{entry['sample_s_per_image']:.4f}",
+                     "cond. accuracy %": _fmt(100 * entry["accuracy"]), "FD": _fmt(entry["fd"], 2)})
+    matched = next((e for e in ladder if e["fd"] <= pixel["fd"]), None)
+    if matched is None:
+        match_note = (f"No LDM budget up to {ladder[-1]['steps']} steps reached the pixel model's FD "
+                      f"{pixel['fd']:.2f}. ")
+    elif pixel["train_compute_min"] is None:
+        match_note = f"The LDM reaches the pixel model's FD after {matched['steps']} steps. "
+    else:
+        ratio = pixel["train_compute_min"] / matched["train_compute_min"]
+        match_note = (f"Same quality: the LDM retrained for {matched['steps']} steps ({matched['train_compute_min']:.2f} "
+                      f"compute-min) reaches FD {matched['fd']:.2f} <= the pixel model's {pixel['fd']:.2f} "
+                      f"({pixel['train_compute_min']:.1f} compute-min): {ratio:.0f}x less training compute, and "
+                      f"{pixel['sample_s_per_image'] / matched['sample_s_per_image']:.1f}x faster sampling. ")
     rows.append({"model": "real images (classifier on the test set; FD: val images)", "cond. accuracy %": _fmt(100 * scorer.classifier_accuracy),
                  "FD": _fmt(scorer.floor(len(y)), 2)})
     cols = ["model", "params (M)", f"train step, batch {batch} (s)", "steps trained", "training compute (min)",
@@ -308,10 +385,12 @@ def pixel_vs_latent(out: Path, quick: bool = False) -> dict:
              f"encoding on the fly would add. Sampling: DDIM {steps} (pixel: x0 clipped to [-1, 1]), LDM time includes "
              f"decoding. Training budgets are the runs' own (their configs; steps trained in the table); training "
              f"compute = steps trained x the step time measured here (the LDM's excludes its first stage, trained "
-             f"once and shared by every latent model). "
-             f"{per_class} samples per class.")
+             f"once and shared by every latent model). The retrained rows run the LDM's recipe with its schedule "
+             f"fitted to the budget (`train_ldm_budget`), cheapest first, until one matches the pixel FD. "
+             f"{match_note}{per_class} samples per class.")
     return write_results(out, "Pixel-space DDPM vs latent diffusion (Fashion-MNIST 32 px)", cols, rows,
-                         {"raw": raw, "runs": runs}, notes)
+                         {"raw": raw, "runs": runs, "ladder": ladder,
+                          "matched": matched}, notes)
 
 
 def _arch(folder: str | Path) -> str:
@@ -388,6 +467,9 @@ def token_generation(out: Path, quick: bool = False) -> dict:
         ("MaskGIT 8 steps", lambda yy, g: decode(maskgit_sample(mg, y=yy, steps=8, generator=g))),
         ("MaskGIT 16 steps", lambda yy, g: decode(maskgit_sample(mg, y=yy, steps=16, generator=g))),
         ("next-token, T = 1 (KV cache)", lambda yy, g: decode(generate(gpt, gpt.config.seq_len, y=yy, generator=g))),
+        # taming-transformers' class-conditional sampling truncates to the 100 most likely codes
+        (f"next-token, top-k {TOP_K}", lambda yy, g: decode(generate(gpt, gpt.config.seq_len, y=yy, top_k=TOP_K,
+                                                                       generator=g))),
     ]
     rows = [{"samples": "real images (classifier on the test set; FD: val images)", "cond. accuracy %": _fmt(100 * scorer.classifier_accuracy),
              "FD": _fmt(scorer.floor(len(y)), 2)}]
@@ -509,6 +591,16 @@ def make_quick_runs(folder: Path) -> dict[str, str]:
                                 norm_groups=4)
     schedule = NoiseSchedule.from_name("linear", 20, 0.00085, 0.012)
     LatentDiffusion(kl, unet, ClassEmbedder(10, 8), schedule, 1.0).save_pretrained(runs["ldm"])
+    (Path(runs["ldm"]) / "config.yaml").write_text(json.dumps({   # the recipe the budget ladder retrains (YAML is JSON)
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "limit_val_batches": 1, "logger": False, "deterministic": True},
+        "model": {"class_path": "tessera.train.latent_diffusion.LatentDiffusionTask", "init_args": {
+            "first_stage": "autoencoder_kl_f4", "first_stage_checkpoint": str(Path(runs["ldm"]) / "first_stage"),
+            "first_stage_args": ae, "unet": "ldm_unet_digits",
+            "unet_args": dict(img_size=4, in_chans=4, widths=(8, 16), heads=(2, 2), context_dim=8, norm_groups=4),
+            "conditioning": "class", "T": 20, "warmup_steps": 4, "num_samples_per_class": 1, "sample_steps": 2}},
+        "data": {"class_path": "tessera.data.DigitsDataModule", "init_args": {
+            "img_size": 16, "in_chans": 1, "batch_size": 8, "normalize": "signed", "augment": {"enabled": False}}}}))
     pixel = tessera.create_model("unet_digits", img_size=16, widths=(8, 16), norm_groups=4, attn_resolutions=(), num_classes=10)
     pixel.save_pretrained(runs["pixel"])
     (Path(runs["pixel"]) / "diffusion.json").write_text(json.dumps({"schedule": "linear", "T": 20, "beta_start": 1e-4,
