@@ -185,6 +185,23 @@ def test_ddim_step_equals_diffusers(eta, spacing, steps):
         assert torch.allclose(ours.step(out, t, xt, noise=z), b2, atol=1e-5)
 
 
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_eps_from_the_clipped_x0_equals_diffusers_use_clipped_model_output(eta):
+    s = NoiseSchedule.linear()
+    ours = DDIMSampler(s, steps=20, eta=eta, clip_x0=True, eps_from_clipped_x0=True)
+    plain = DDIMSampler(s, steps=20, eta=eta, clip_x0=True)
+    ref = DDIMScheduler(clip_sample=True)
+    ref.set_timesteps(20)
+    t = ours.timesteps.tolist()[2]                         # high noise: x0 = (x_t - ...) / 0.03 leaves [-1, 1]
+    xt, out = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    z = torch.randn(xt.shape)
+    b = ref.step(out, t, xt, eta=eta, use_clipped_model_output=True, variance_noise=z).prev_sample
+    assert torch.allclose(ours.step(out, t, xt, noise=z), b, atol=1e-5)
+    assert not torch.allclose(plain.step(out, t, xt, noise=z), b, atol=1e-3)   # the option changes the step
+    with pytest.raises(ValueError, match="needs clip_x0"):
+        DDIMSampler(s, eps_from_clipped_x0=True)
+
+
 def test_ddim_steps_to_the_next_grid_entry_and_rejects_off_grid():
     s = NoiseSchedule.linear()
     ddim = DDIMSampler(s, steps=20, spacing="linspace")

@@ -97,6 +97,13 @@ def test_diffusion_task_trains_through_tessera_fit_and_samples(tmp_path, capsys,
     assert out1.read_bytes() == out2.read_bytes()
     assert len(list((tmp_path / "imgs").glob("*.png"))) == 3
     assert main(["sample", "--checkpoint", str(run), "--num", "1", "--sampler", "ddpm", "--out", str(tmp_path / "c.png")]) == 0
+    # eps from the clipped x0: a different image from plain clipping (the random model's x0 leaves [-1, 1])
+    clipped = [*args, "--clip-x0", "--out"]
+    assert main([*clipped, str(tmp_path / "d.png")]) == 0
+    assert main([*clipped, str(tmp_path / "e.png"), "--eps-from-clipped-x0"]) == 0
+    assert (tmp_path / "d.png").read_bytes() != (tmp_path / "e.png").read_bytes()
     # bad input: one clear line
     assert main(["sample", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "f.png"), "--eps-from-clipped-x0"]) == 2
+    assert "needs --clip-x0" in capsys.readouterr().err

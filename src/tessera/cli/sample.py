@@ -58,6 +58,8 @@ def sample(argv: list[str]) -> int:
     p.add_argument("--spacing", choices=("leading", "trailing", "linspace"), default="leading", help="DDIM timestep grid")
     p.add_argument("--variance", choices=("fixed_small", "fixed_large"), default="fixed_small", help="DDPM sigma_t^2")
     p.add_argument("--clip-x0", action="store_true", help="clamp the predicted x0 to [-1, 1] at every step")
+    p.add_argument("--eps-from-clipped-x0", action="store_true", help="DDIM with --clip-x0: step along the eps the "
+                   "clipped x0 implies (diffusers' use_clipped_model_output)")
     p.add_argument("--class-label", type=int, default=None, help="class-conditional runs: one class (default: cycle)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (does not change the images)")
@@ -74,6 +76,8 @@ def sample(argv: list[str]) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.eta < 0:
         raise ValueError(f"--eta must be >= 0, got {args.eta}")
+    if args.eps_from_clipped_x0 and not (args.clip_x0 and args.sampler == "ddim"):
+        raise ValueError("--eps-from-clipped-x0 needs --clip-x0 and the DDIM sampler (DDPM steps through x0 alone)")
     _check_writable_file(Path(args.out), "--out")
     if args.save_images:
         _check_writable_dir(Path(args.save_images), "--save-images")
@@ -89,7 +93,8 @@ def sample(argv: list[str]) -> int:
     model, schedule, spec = load_diffusion_run(args.checkpoint)
     pred = spec.get("prediction", "eps")
     if args.sampler == "ddim":  # builds and checks the timestep grid for --steps / --spacing
-        sampler = DDIMSampler(schedule, args.steps, args.eta, args.spacing, prediction=pred, clip_x0=args.clip_x0)
+        sampler = DDIMSampler(schedule, args.steps, args.eta, args.spacing, prediction=pred, clip_x0=args.clip_x0,
+                              eps_from_clipped_x0=args.eps_from_clipped_x0)
     else:
         sampler = DDPMSampler(schedule, args.variance, prediction=pred, clip_x0=args.clip_x0)
     K = model.config.num_classes

@@ -269,6 +269,10 @@ class DDIMSampler(_Sampler):
         spacing: how the sub-grid is laid out ("leading", "trailing", "linspace"; see `ddim_timesteps`).
         prediction: what the network outputs ("eps", "x0" or "v").
         clip_x0: clamp the predicted x0 to [-1, 1] (True) or [-c, c] (a float); off by default.
+        eps_from_clipped_x0: with clip_x0, step along the eps that the clipped x0 implies,
+            (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t), instead of the network's (diffusers'
+            `use_clipped_model_output`): keeps x_t consistent with the clipped x0, which saves
+            the samples of an under-trained pixel model from drifting off the data range.
     """
 
     def __init__(
@@ -279,9 +283,13 @@ class DDIMSampler(_Sampler):
         spacing: Spacing = "leading",
         prediction: Prediction = "eps",
         clip_x0: bool | float = False,
+        eps_from_clipped_x0: bool = False,
     ) -> None:
         if eta < 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
+        if eps_from_clipped_x0 and clip_x0 in (False, None):
+            raise ValueError("eps_from_clipped_x0 needs clip_x0 (there is no clipped x0 to take eps from)")
+        self.eps_from_clipped_x0 = eps_from_clipped_x0
         self.schedule = schedule
         self.steps = steps
         self.eta = float(eta)
@@ -334,6 +342,8 @@ class DDIMSampler(_Sampler):
         alpha_bar_prev = s.alpha_bar[t_prev] if t_prev >= 0 else torch.tensor(1.0)  # abar_{t'}; 1 past the end
         x0, eps = split_prediction(model_output, x_t, alpha_bar, self.prediction)  # x0 = (x_t - sqrt(1-abar_t) eps) / sqrt(abar_t), eq. 12
         x0 = _clip(x0, self.clip_x0)                                                # optional: x0 in [-1, 1]
+        if self.eps_from_clipped_x0:
+            eps = (x_t - alpha_bar.sqrt() * x0) / (1 - alpha_bar).sqrt()            # the eps the clipped x0 implies
         sigma = self.eta * (                                                        # sigma_t(eta), eq. 16
             (1 - alpha_bar_prev) / (1 - alpha_bar) * (1 - alpha_bar / alpha_bar_prev)
         ).sqrt()
