@@ -51,6 +51,10 @@ def test_quick_experiment_writes_its_table(tmp_path, one_thread, name):
         assert result["ladder"][0]["train_compute_min"] == pytest.approx(2 * raw["LDM guidance 1"]["train_step_s"] / 60)
     else:
         assert {"MaskGIT 8 steps", "MaskGIT 16 steps", "next-token, T = 1 (KV cache)", "next-token, top-k 100"} <= set(raw)
+        # one grid per sampler, none overwriting another
+        assert {p.name for p in tmp_path.glob("grid_*.png")} == {
+            "grid_maskgit_8_steps.png", "grid_maskgit_16_steps.png", "grid_next_token_t_1_kv_cache.png",
+            "grid_next_token_top_k_100.png"}
         # a random model is no better than the codes' unigram distribution
         assert result["nll_bits_per_token"] > 0 and result["unigram_entropy_bits"] <= 4.0 + 1e-6
     for entry in raw.values():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -483,7 +484,7 @@ def token_generation(out: Path, quick: bool = False) -> dict:
         acc, fd = scorer.score(x, y)
         raw[name] = {"accuracy": acc, "fd": fd, "seconds_per_image": sec}
         rows.append({"samples": name, "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2), "s / image": f"{sec:.4f}"})
-        save_class_grid(x, per_class, out / f"grid_{name.split(',')[0].replace(' ', '_').lower()}.png")
+        save_class_grid(x, per_class, out / f"grid_{re.sub('[^a-z0-9]+', '_', name.lower()).strip('_')}.png")
     n_nc = min(len(y), 20 if quick else 100)
     _, sec_nc = batched(lambda yy, g: generate(gpt, gpt.config.seq_len, y=yy, generator=g, use_cache=False), y[:n_nc], 250, 0)
     rows.append({"samples": "next-token without KV cache (codes only)", "s / image": f"{sec_nc:.4f}"})
