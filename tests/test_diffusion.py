@@ -147,7 +147,7 @@ def test_ddpm_other_predictions_and_clipping_equal_diffusers(prediction, diffuse
     ours = DDPMSampler(s, prediction=prediction, clip_x0=True)
     ref = DDPMScheduler(prediction_type=diffusers_name, clip_sample=True)
     for t in [900, 20]:
-        xt, out, z = torch.randn(2, 3, 4, 4) * 2, torch.randn(2, 3, 4, 4) * 2, torch.randn(2, 3, 4, 4)
+        xt, out = torch.randn(2, 3, 4, 4) * 2, torch.randn(2, 3, 4, 4) * 2
         g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
         assert torch.allclose(ours.step(out, t, xt, generator=g1), ref.step(out, t, xt, generator=g2).prev_sample, atol=1e-5)
 
