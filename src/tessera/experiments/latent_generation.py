@@ -353,6 +353,7 @@ def pixel_vs_latent(out: Path, quick: bool = False, budgets: tuple[int, ...] = L
                      "sampling (s / image)": f"{sec:.4f}", "cond. accuracy %": _fmt(100 * acc), "FD": _fmt(fd, 2)})
         if not key.startswith("LDM guidance 3"):
             save_class_grid(x, per_class, out / f"grid_{'pixel' if key.startswith('pixel') else 'ldm'}.png")
+
     def score_ldm(model: Any) -> tuple[float, float, float]:
         x, sec = batched(_ldm_sampler(model, 1.0, steps), y, 250, seed=0)
         return (*scorer.score(x, y), sec)

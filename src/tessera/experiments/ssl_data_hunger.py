@@ -40,11 +40,12 @@ ENCODER = {"patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 4, "hybrid
 QUICK_ENCODER = {"patch_size": 8, "embed_dim": 16, "depth": 1, "num_heads": 2, "hybrid_stem": True,
                  "dynamic_img_size": True}
 FRACTIONS = (0.01, 0.1, 1.0)
+START_TEACHER_TEMP = 0.04  # DINO's teacher temperature at the start (and throughout on the digits)
 TEST_SHIFT = 4
 
 
 def dino_task(encoder: dict[str, Any], name: str = "dino_vit_small_patch16_224", hflip: float = 0.0,
-              teacher_temp: float = 0.04, **extra: Any) -> dict[str, Any]:
+              teacher_temp: float = START_TEACHER_TEMP, **extra: Any) -> dict[str, Any]:
     """DINO's digits recipe (the `model:` section of configs/dino_digits.yaml) on `encoder`.
 
     `hflip` and a `teacher_temp` above 0.04 (reached after a one-epoch warm-up from 0.04) are for the clothes.
@@ -53,25 +54,25 @@ def dino_task(encoder: dict[str, Any], name: str = "dino_vit_small_patch16_224",
         "model_name": name,
         "model_args": {"encoder_args": dict(encoder), "out_dim": 256, "hidden_dim": 256, "bottleneck_dim": 64,
                        "use_bn_in_head": True, "local_crop_size": 16, "num_local_crops": 4,
-                       "teacher_temp": teacher_temp, "warmup_teacher_temp": 0.04, "teacher_momentum": 0.99, **extra},
+                       "teacher_temp": teacher_temp, "warmup_teacher_temp": START_TEACHER_TEMP, "teacher_momentum": 0.99, **extra},
         "lr": 0.0005, "weight_decay": 0.04, "weight_decay_end": 0.4, "warmup_fraction": 0.1,
-        "warmup_teacher_temp_epochs": 0 if teacher_temp == 0.04 else 1, "freeze_last_layer_epochs": 1,
+        "warmup_teacher_temp_epochs": 0 if teacher_temp == START_TEACHER_TEMP else 1, "freeze_last_layer_epochs": 1,
         "global_crop_scale": [0.5, 1.0], "local_crop_scale": [0.25, 0.6], "hflip": hflip, "jitter": 0.4,
         "translate": 4,
     }}
 
 
-def dinov2_task(encoder: dict[str, Any], hflip: float = 0.0, teacher_temp: float = 0.04) -> dict[str, Any]:
+def dinov2_task(encoder: dict[str, Any], hflip: float = 0.0, teacher_temp: float = START_TEACHER_TEMP) -> dict[str, Any]:
     """The DINOv2 objective (DINO + iBOT + KoLeo, running centre) with DINO's digits recipe."""
     return dino_task(encoder, "dinov2_vit_small_patch14", hflip, teacher_temp, centering="centering")
 
 
-def dinov2_sinkhorn_task(encoder: dict[str, Any], hflip: float = 0.0, teacher_temp: float = 0.04) -> dict[str, Any]:
+def dinov2_sinkhorn_task(encoder: dict[str, Any], hflip: float = 0.0, teacher_temp: float = START_TEACHER_TEMP) -> dict[str, Any]:
     """The DINOv2 objective with DINOv2's own teacher centring: three Sinkhorn-Knopp iterations."""
     return dino_task(encoder, "dinov2_vit_small_patch14", hflip, teacher_temp, centering="sinkhorn_knopp")
 
 
-def simmim_task(encoder: dict[str, Any], hflip: float = 0.0, teacher_temp: float = 0.04) -> dict[str, Any]:
+def simmim_task(encoder: dict[str, Any], hflip: float = 0.0, teacher_temp: float = START_TEACHER_TEMP) -> dict[str, Any]:
     """SimMIM's digits recipe (configs/simmim_digits.yaml) on `encoder`: 8-px mask blocks, 10 of 16 masked.
 
     `teacher_temp` is DINO's and unused here (every builder takes the same arguments).
@@ -101,7 +102,7 @@ class Dataset:
     hflip: float  # horizontal flips in the SSL views
     # DINO's teacher temperature after a one-epoch warm-up from 0.04 (the digits keep 0.04 throughout): at 0.04 the
     # Fashion-MNIST teacher's entropy fell to 0.04 x log K within 400 steps, every image on one of ~7 prototypes
-    teacher_temp: float = 0.04
+    teacher_temp: float = START_TEACHER_TEMP
 
 
 DATASETS = {
