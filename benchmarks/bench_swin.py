@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import autocast_if, best_times_interleaved, breakdown_rows, matmul_peak_gflops, print_table  # noqa: E402
+from common import PeakProbe, autocast_if, best_times_interleaved, breakdown_rows, matmul_peak_gflops, print_table  # noqa: E402
 
 import tessera  # noqa: E402
 from tessera.hardware import cpu_info, onednn_kernels  # noqa: E402
@@ -117,7 +117,11 @@ def run_speed(batch: int, size: int, rounds: int, compile: bool) -> None:
             outputs[key] = fn(x).float()  # the first call also compiles
             if "compile" in key[1]:
                 notes.append(f"{key[1]}: first call (compilation) {time.perf_counter() - start:.0f} s")
-        best = best_times_interleaved({key: (lambda fn=fn: fn(x)) for key, fn in runs.items()}, rounds=rounds)
+        probe = PeakProbe(peaks)  # the peak under the same load as the rounds
+        best = best_times_interleaved({key: (lambda fn=fn: fn(x)) for key, fn in runs.items()}, rounds=rounds,
+                                      between_rounds=probe.round)
+        peaks = probe.peaks(peaks)
+        peak = peaks["fp32"]
         fastest = {}  # (library, precision) -> its fastest mode: where does its time go?
         for key in sorted(best, key=best.get, reverse=True):
             fastest[(key[0], key[1][:4])] = key

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -40,7 +40,8 @@ def best_time(fn: Callable[[], object], warmup: int = 2, iters: int = 5, device:
 
 
 def best_times_interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int = 5, budget_s: float = 60.0
+    fns: dict[str, Callable[[], object]], rounds: int = 5, budget_s: float = 60.0,
+    between_rounds: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Fastest call of each function, in seconds, timing them in turns (one call each per round).
 
@@ -48,7 +49,7 @@ def best_times_interleaved(
     alike, instead of giving one variant a quiet minute and the next a busy
     one. A function whose calls have used up `budget_s` (bf16 matmuls emulated
     on CPUs without bf16 arithmetic take tens of seconds a call) is timed no
-    more after its second call.
+    more after its second call. `between_rounds` runs after each round (a `PeakProbe.round`).
     """
     for fn in fns.values():
         fn()  # warm-up: allocator, oneDNN primitive caches, lazy initialisation
@@ -62,26 +63,79 @@ def best_times_interleaved(
             fn()
             elapsed = time.perf_counter() - start
             best[name], spent[name] = min(best[name], elapsed), spent[name] + elapsed
+        if between_rounds is not None:
+            between_rounds()
     return best
 
 
-def matmul_peak_gflops(dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (1024, 2048, 3072)) -> float:
+# (rows, in, out) of the GEMMs transformers spend their time in: a ViT-B / Swin-T MLP at a few
+# thousand tokens. On AMX machines these reach 2-3x the rate of square GEMMs (whose operands
+# spill the 2 MiB L2), so a peak from square sizes alone would put models above 100%.
+MODEL_GEMMS = ((2048, 768, 3072), (2048, 3072, 768), (4096, 384, 1536), (4096, 1536, 384))
+
+
+def matmul_peak_gflops(
+    dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (1024, 2048, 3072),
+    shapes: tuple[tuple[int, int, int], ...] = MODEL_GEMMS, iters: int = 5,
+) -> float:
     """This machine's GEMM peak (GFLOP/s) for `dtype`, the reference for %peak.
 
-    The best over several square sizes and both kernels a linear layer can reach (aten's
-    matmul, MKL where torch has it, and oneDNN's inner product, AMX's path for bf16), so
-    that a model is never compared with a GEMM slower than the one it could use.
+    The best over several square sizes, the transformer-shaped GEMMs `shapes` (rows, in, out)
+    and both kernels a linear layer can reach (aten's linear, MKL where torch has it, and
+    oneDNN's inner product, AMX's path for bf16), so that a model is never compared with a
+    GEMM slower than the one it could use. Best of `iters` calls each: a shared host's noise
+    only ever lowers a rate.
     """
     best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        kernels = [lambda: a @ b]
+    for m, k, n in [(n, n, n) for n in sizes] + list(shapes):
+        a, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+        kernels = [lambda: torch.nn.functional.linear(a, w)]
         if torch.backends.mkldnn.is_available():
-            kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
+            kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
         for fn in kernels:
             with torch.inference_mode():
-                best = max(best, 2 * n**3 / best_time(fn, warmup=1, iters=3) / 1e9)
+                best = max(best, 2 * m * k * n / best_time(fn, warmup=1, iters=iters) / 1e9)
     return best
+
+
+class PeakProbe:
+    """The GEMM peak re-measured between a benchmark's timed rounds, under the same load as the models.
+
+    On a shared host the machine's rate can swing 2-3x within minutes (measured on a 2-core
+    Xeon with AMX), so a peak measured once before the models can sit far above or below
+    the rate the models saw. Each `round()` times every transformer-shaped GEMM of
+    `shapes` once per precision and kernel; `peaks(floor)` is the best rate seen, never
+    below `floor` (the up-front `matmul_peak_gflops`).
+    """
+
+    def __init__(self, precisions: Iterable[str], shapes: tuple[tuple[int, int, int], ...] = MODEL_GEMMS) -> None:
+        self.cases: dict[str, tuple[str, float, Callable[[], object]]] = {}
+        for precision in precisions:
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+            for m, k, n in shapes:
+                a, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
+                kernels = {"aten": lambda a=a, w=w: torch.nn.functional.linear(a, w)}
+                if torch.backends.mkldnn.is_available():
+                    kernels["onednn"] = lambda a=a, w=w: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+                for name, fn in kernels.items():
+                    self.cases[f"{precision} {m}x{k}x{n} {name}"] = (precision, 2.0 * m * k * n, fn)
+        self.best = dict.fromkeys(self.cases, math.inf)
+
+    def round(self) -> None:
+        """Time each GEMM once (call it between the models' rounds)."""
+        with torch.inference_mode():
+            for label, (_, _, fn) in self.cases.items():
+                start = time.perf_counter()
+                fn()
+                self.best[label] = min(self.best[label], time.perf_counter() - start)
+
+    def peaks(self, floor: dict[str, float]) -> dict[str, float]:
+        """GFLOP/s per precision: the best of `floor` and every rate seen in the rounds."""
+        out = dict(floor)
+        for label, (precision, flop, _) in self.cases.items():
+            if math.isfinite(self.best[label]):
+                out[precision] = max(out.get(precision, 0.0), flop / self.best[label] / 1e9)
+        return out
 
 
 def autocast_if(enabled: bool) -> contextlib.AbstractContextManager:
