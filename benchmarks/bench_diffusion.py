@@ -134,8 +134,17 @@ def main() -> None:
     d_ref, y_ref = _time(ddpm_diffusers, args.repeats)
     ddpm_diff = (y_ours - y_ref).abs().max().item()
 
+    with torch.inference_mode():  # one network call on the same input: the parity claim itself
+        t_top = torch.full((args.batch,), schedule.T - 1)
+        eps_ours, eps_ref = model(x_T, t_top).float(), ref(x_T, schedule.T - 1).sample.float()
+    eps_diff = (eps_ours - eps_ref).abs().max().item()
     params = sum(p.numel() for p in model.parameters())
-    tol = 0.1 * max(1.0, x_ref.abs().max().item()) if bf16 else 1e-4
+    # fp32: the networks agree to rounding (~1e-6 a call); DDIM divides by sqrt(alpha_bar_t) (1/0.0064 at
+    # t = 999), so a trajectory amplifies that rounding ~100x and how much depends on the machine's kernels
+    # (2.6e-4 after 20 steps on a Xeon whose one-call difference is 3e-6): judge the call at 1e-5 and the
+    # trajectory at 1e-3.
+    call_tol = 0.1 * max(1.0, eps_ref.abs().max().item()) if bf16 else 1e-5
+    tol = 0.1 * max(1.0, x_ref.abs().max().item()) if bf16 else 1e-3
     print(f"# {args.preset}{' (quick)' if args.quick else ''} {args.dtype}: {params / 1e6:.2f}M params, batch {args.batch}, "
           f"{h}x{w}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
     print(f"{'run':34s} {'steps':>6s} {'seconds':>9s} {'s/step':>8s}")
@@ -147,7 +156,8 @@ def main() -> None:
     ddpm_full = d_ours / k * schedule.T
     print(f"DDPM {schedule.T} steps (extrapolated): {ddpm_full:.0f} s; DDIM {args.steps}: {t_ours:.1f} s "
           f"-> speed-up {ddpm_full / t_ours:.1f}x")
-    print(f"max |tessera - diffusers|: DDIM samples {diff:.2e}, DDPM after {k} steps {ddpm_diff:.2e} "
+    print(f"max |tessera - diffusers|: one network call {eps_diff:.2e} ({'OK' if eps_diff <= call_tol else 'MISMATCH'} "
+          f"at {call_tol:.2g}); DDIM samples {diff:.2e}, DDPM after {k} steps {ddpm_diff:.2e} "
           f"({'OK' if max(diff, ddpm_diff) <= tol else 'MISMATCH'} at {tol:.2g})")
     record([{"run": "DDIM", "steps": args.steps, "tessera s": round(t_ours, 3), "diffusers s": round(t_ref, 3),
              "ratio": round(t_ref / t_ours, 3), "max|diff|": f"{diff:.2e}"},
