@@ -42,6 +42,25 @@ def test_each_kernel_equals_linear_and_gelu():
         InferenceLinear(lin, kernel="mkl")
 
 
+def test_aten_kernel_applies_gelu_in_place_without_autograd_and_out_of_place_with_it(monkeypatch):
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 40)
+    x = torch.randn(3, 5, 24)
+    outputs = []
+    real_linear = nn.functional.linear
+    monkeypatch.setattr(nn.functional, "linear", lambda *a: outputs.append(real_linear(*a)) or outputs[-1])
+    layer = InferenceLinear(lin, "gelu", kernel="aten")
+    with torch.inference_mode():
+        y = layer(x)
+    assert y.data_ptr() == outputs[-1].data_ptr()  # GELU wrote over the linear output: one tensor, not two
+    torch.testing.assert_close(y, nn.functional.gelu(real_linear(x, lin.weight, lin.bias)))
+    x_grad = x.clone().requires_grad_()
+    layer(x_grad).sum().backward()  # autograd keeps the pre-activation for GELU's backward
+    reference = x.clone().requires_grad_()
+    nn.functional.gelu(real_linear(reference, lin.weight, lin.bias)).sum().backward()
+    torch.testing.assert_close(x_grad.grad, reference.grad)
+
+
 def test_auto_kernel_takes_the_faster_one_per_shape_and_times_each_case_once(monkeypatch):
     from tessera import inference
 
