@@ -74,6 +74,18 @@ def best_times_interleaved(
 MODEL_GEMMS = ((2048, 768, 3072), (2048, 3072, 768), (4096, 384, 1536), (4096, 1536, 384))
 
 
+def linear_kernels(a: torch.Tensor, w: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """a @ w^T through every kernel a linear layer can reach: aten (MKL where torch has it), and
+    oneDNN's inner product on the plain weight and on one reordered once into its blocked layout
+    (what `optimize_for_inference` runs)."""
+    kernels: dict[str, Callable[[], object]] = {"aten": lambda: torch.nn.functional.linear(a, w)}
+    if torch.backends.mkldnn.is_available():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, a.shape[0])
+        kernels["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
+        kernels["onednn packed"] = lambda: torch.ops.mkldnn._linear_pointwise(a, packed, None, "none", [], "")
+    return kernels
+
+
 def matmul_peak_gflops(
     dtype: torch.dtype = torch.float32, sizes: tuple[int, ...] = (1024, 2048, 3072),
     shapes: tuple[tuple[int, int, int], ...] = MODEL_GEMMS, iters: int = 5,
@@ -81,18 +93,15 @@ def matmul_peak_gflops(
     """This machine's GEMM peak (GFLOP/s) for `dtype`, the reference for %peak.
 
     The best over several square sizes, the transformer-shaped GEMMs `shapes` (rows, in, out)
-    and both kernels a linear layer can reach (aten's linear, MKL where torch has it, and
-    oneDNN's inner product, AMX's path for bf16), so that a model is never compared with a
-    GEMM slower than the one it could use. Best of `iters` calls each: a shared host's noise
+    and every kernel a linear layer can reach (`linear_kernels`: aten's linear, MKL where torch
+    has it, oneDNN's inner product on a plain or a pre-reordered weight, AMX's path for bf16), so
+    that a model is never compared with a GEMM slower than the one it could use. Best of `iters` calls each: a shared host's noise
     only ever lowers a rate.
     """
     best = 0.0
     for m, k, n in [(n, n, n) for n in sizes] + list(shapes):
         a, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-        kernels = [lambda: torch.nn.functional.linear(a, w)]
-        if torch.backends.mkldnn.is_available():
-            kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], ""))
-        for fn in kernels:
+        for fn in linear_kernels(a, w).values():
             with torch.inference_mode():
                 best = max(best, 2 * m * k * n / best_time(fn, warmup=1, iters=iters) / 1e9)
     return best
@@ -114,10 +123,7 @@ class PeakProbe:
             dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
             for m, k, n in shapes:
                 a, w = torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)
-                kernels = {"aten": lambda a=a, w=w: torch.nn.functional.linear(a, w)}
-                if torch.backends.mkldnn.is_available():
-                    kernels["onednn"] = lambda a=a, w=w: torch.ops.mkldnn._linear_pointwise(a, w, None, "none", [], "")
-                for name, fn in kernels.items():
+                for name, fn in linear_kernels(a, w).items():
                     self.cases[f"{precision} {m}x{k}x{n} {name}"] = (precision, 2.0 * m * k * n, fn)
         self.best = dict.fromkeys(self.cases, math.inf)
 

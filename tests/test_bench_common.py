@@ -1,10 +1,12 @@
-"""benchmarks/common.py: the GEMM peak re-measured between timed rounds (`PeakProbe`)."""
+"""benchmarks/common.py: the GEMM peak re-measured between timed rounds (`PeakProbe`), over every linear kernel."""
 
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from common import PeakProbe, best_times_interleaved  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from common import PeakProbe, best_times_interleaved, linear_kernels  # noqa: E402
 
 
 def test_peak_probe_keeps_the_floor_until_a_round_beats_it_and_runs_between_rounds():
@@ -17,3 +19,15 @@ def test_peak_probe_keeps_the_floor_until_a_round_beats_it_and_runs_between_roun
     assert measured > 0.0
     assert probe.peaks({"fp32": 1e9}) == {"fp32": 1e9}  # never below the up-front peak
     assert probe.peaks({}) == {"fp32": measured}
+
+
+def test_the_peak_covers_every_linear_kernel_and_each_computes_the_same_product():
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    torch.manual_seed(0)
+    a, w = torch.randn(40, 24), torch.randn(16, 24)
+    kernels = linear_kernels(a, w)
+    assert set(kernels) == {"aten", "onednn", "onednn packed"}  # the packed weight is what the models run
+    for fn in kernels.values():
+        torch.testing.assert_close(fn(), a @ w.T, atol=1e-5, rtol=1e-5)
+    assert {name.split(" ", 2)[2] for name in PeakProbe(["fp32"], ((8, 16, 8),)).cases} == set(kernels)

@@ -1,6 +1,7 @@
 """Opt-in inference optimisations: same numbers as the plain path, same parameters, autograd untouched."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -42,6 +43,33 @@ def test_each_kernel_equals_linear_and_gelu():
         InferenceLinear(lin, kernel="mkl")
 
 
+def test_onednn_kernel_runs_on_a_packed_weight_kept_until_the_weight_changes():
+    torch.manual_seed(0)
+    lin = nn.Linear(24, 40)
+    layer = InferenceLinear(lin, "gelu", kernel="onednn")
+    x = torch.randn(3, 5, 24)
+    with torch.inference_mode():
+        layer(x)
+        packed = layer._packed[1]
+        assert packed.is_mkldnn and packed.shape == lin.weight.shape
+        layer(x[:1])
+        assert layer._packed[1] is packed  # reordered once, not at every call
+    layer.load_state_dict({"weight": 2 * lin.weight.detach(), "bias": lin.bias.detach()})  # in place: new version
+    with torch.inference_mode():
+        y = layer(x)
+    assert layer._packed[1] is not packed
+    torch.testing.assert_close(y, nn.functional.gelu(lin(x)).detach(), atol=1e-5, rtol=1e-5)
+    clone = copy.deepcopy(layer)  # an opaque oneDNN tensor cannot be copied: the clone packs its own
+    assert clone._packed is None and layer._packed is not None
+    torch.save(layer, io.BytesIO())
+    with torch.inference_mode():
+        torch.testing.assert_close(clone(x), y)
+    low = InferenceLinear(copy.deepcopy(lin).bfloat16(), matmul_dtype=torch.float32, kernel="onednn")
+    with torch.inference_mode():
+        low(x.bfloat16())
+    assert low._packed[1].dtype == torch.float32  # packed once in the matmul dtype, not converted per call
+
+
 def test_aten_kernel_applies_gelu_in_place_without_autograd_and_out_of_place_with_it(monkeypatch):
     torch.manual_seed(0)
     lin = nn.Linear(24, 40)
@@ -69,7 +97,7 @@ def test_auto_kernel_takes_the_faster_one_per_shape_and_times_each_case_once(mon
     timed: list[tuple[str, int]] = []
     fake = {("onednn", 24): 1.0, ("aten", 24): 2.0, ("onednn", 48): 3.0, ("aten", 48): 1.5}
 
-    def fake_time(name, x, w, b, activation):
+    def fake_time(name, x, w, b, activation, packed):
         timed.append((name, w.shape[1]))
         return fake[(name, w.shape[1])]
 
