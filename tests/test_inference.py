@@ -113,6 +113,7 @@ def test_auto_kernel_takes_the_faster_one_per_shape_and_times_each_case_once(mon
     assert sorted(timed) == sorted(([("onednn", 24), ("aten", 24)] * 2 + [("onednn", 48), ("aten", 48)]) * reps)
     table = {(r["in"], r["rows"]): r["kernel"] for r in inference.kernel_choices()}
     assert table == {(24, 16): "onednn", (48, 16): "aten", (24, 64): "onednn"}
+    assert small._packed is not None and wide._packed is None  # a reordered copy only where oneDNN runs
     with torch.no_grad(), torch.enable_grad():
         small(torch.randn(10, 24, requires_grad=True)).sum().backward()  # autograd: aten, nothing timed
     assert len(timed) == 6 * reps

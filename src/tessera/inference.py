@@ -112,6 +112,11 @@ class KernelChoices(FastestKernel):
         """The kernel for this case: from the table, or timed now (oneDNN on `packed`, if given) and recorded."""
         return self.choose_for(self.key(x, w, activation), x, w, b, activation, packed)
 
+    def chosen(self, x: Tensor, w: Tensor, activation: Activation) -> str | None:
+        """The kernel already chosen for this case, None if it has not been timed."""
+        entry = self.table.get(self.key(x, w, activation))
+        return None if entry is None else entry[0]
+
     def summary(self) -> list[dict]:
         """One row per timed case: shape, dtype, activation, the choice and both times (microseconds)."""
         return [
@@ -144,7 +149,7 @@ class InferenceLinear(nn.Module):
     oneDNN runs on a copy of the weight reordered once into its blocked layout (in
     `matmul_dtype`), made at the first call and remade when the weight changes (its
     storage or version): 5-15% faster GEMMs than reordering at every call. The copy
-    is not part of the state_dict, a deepcopy or a pickle.
+    is dropped when aten is chosen and is not part of the state_dict, a deepcopy or a pickle.
     """
 
     def __init__(
@@ -171,9 +176,15 @@ class InferenceLinear(nn.Module):
             b = None if b is None else b.to(self.matmul_dtype)
         if self.kernel == "aten" or not _onednn_applies(x):  # autograd, other devices and dtypes, tracing
             return _aten_linear(x, w, b, self.activation).to(dtype)
-        packed = self.packed_weight(x.numel() // x.shape[-1])
-        kernel = self.kernel if self.kernel == "onednn" else KERNEL_CHOICES.choose(x, w, b, self.activation, packed)
-        return _KERNELS[kernel](x, w, b, self.activation, packed).to(dtype)
+        rows = x.numel() // x.shape[-1]
+        kernel = self.kernel
+        if kernel == "auto":  # the packed weight is made for the timing only when the case is new
+            kernel = KERNEL_CHOICES.chosen(x, w, self.activation) or KERNEL_CHOICES.choose(
+                x, w, b, self.activation, self.packed_weight(rows))
+        if kernel == "aten":
+            self._packed = None  # the reordered copy is only worth its memory where oneDNN runs
+            return _aten_linear(x, w, b, self.activation).to(dtype)
+        return _onednn_linear(x, w, b, self.activation, self.packed_weight(rows)).to(dtype)
 
     def packed_weight(self, rows: int) -> Tensor:
         """The weight (in the matmul dtype) in oneDNN's blocked layout for `rows`-row inputs, cached."""
