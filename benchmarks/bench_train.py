@@ -5,14 +5,14 @@
     python benchmarks/bench_train.py --quick           # small models, a smoke run
 
 The same plain PyTorch loop (AdamW, cross-entropy) drives every model, on the
-same random batches. Each library runs in a fresh process per round, the
-libraries in turns for `--rounds` rounds (so that a shared machine's noise hits
-all alike), and the best step of all its rounds counts. Peers: transformers'
+same random batches. The libraries run in one process, each warmed up, then
+their steps alternate (so that a shared machine's noise hits all alike: in
+separate processes the same comparison moved by 15% from run to run); the best
+and the median step are reported. Peers: transformers'
 SwinForImageClassification / ViTForImageClassification (always), and timm where
 it imports (it needs torchvision; put a timm without its dependencies on
-PYTHONPATH to include it). Peak memory is the growth of the
-process's maximum resident set across each model's first steps, measured in a
-fresh process per model.
+PYTHONPATH to include it). Peak memory is the growth of the process's maximum
+resident set across a model's first two steps, in a fresh process per library.
 """
 
 from __future__ import annotations
@@ -31,8 +31,7 @@ from common import print_table  # noqa: E402
 CHILD = r"""
 import json, resource, sys, time, torch
 import torch.nn.functional as F
-lib, key, batch, steps, dtype, size, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
-torch.manual_seed(0)
+libs, key, batch, steps, dtype, size, warmup = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
 SPECS = {
   "swin_t": dict(tessera=("swin_tiny_patch4_window7_224", {}), timm="swin_tiny_patch4_window7_224",
                  hf=("SwinForImageClassification", "SwinConfig", dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, patch_size=4))),
@@ -44,65 +43,71 @@ SPECS = {
                     hf=("ViTForImageClassification", "ViTConfig", dict(hidden_size=384, num_hidden_layers=2, num_attention_heads=6, intermediate_size=1536, patch_size=16))),
 }
 spec = SPECS[key]
-if lib == "tessera":
-    import tessera
-    name, kw = spec["tessera"]
-    model = tessera.create_model(name, img_size=size, num_classes=1000, **kw)
-    fwd = model
-elif lib == "timm":
-    import timm
-    model = timm.create_model(spec["timm"], num_classes=1000)
-    fwd = model
-else:
-    import transformers
-    cls, cfg, fields = spec["hf"]
-    model = getattr(transformers, cls)(getattr(transformers, cfg)(image_size=size, num_labels=1000, **fields))
-    fwd = lambda x: model(pixel_values=x).logits
-model.train()
-opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 x, y = torch.randn(batch, 3, size, size), torch.randint(0, 1000, (batch,))
 ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" else (lambda: torch.autocast("cpu", enabled=False))
-def step():
-    with ctx():
-        loss = F.cross_entropy(fwd(x).float(), y)
-    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+
+def build(lib):
+    torch.manual_seed(0)
+    try:
+        if lib == "tessera":
+            import tessera
+            name, kw = spec["tessera"]
+            model = tessera.create_model(name, img_size=size, num_classes=1000, **kw)
+            fwd = model
+        elif lib == "timm":
+            if spec["timm"] is None:
+                return None
+            import timm
+            model = timm.create_model(spec["timm"], num_classes=1000)
+            fwd = model
+        else:
+            import transformers
+            cls, cfg, fields = spec["hf"]
+            model = getattr(transformers, cls)(getattr(transformers, cfg)(image_size=size, num_labels=1000, **fields))
+            fwd = lambda x: model(pixel_values=x).logits
+    except ImportError:
+        return None
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    def step():
+        with ctx():
+            loss = F.cross_entropy(fwd(x).float(), y)
+        loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
+    return step
+
+steppers = {lib: build(lib) for lib in libs}
+steppers = {lib: f for lib, f in steppers.items() if f is not None}
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-for _ in range(warmup):  # the first steps run 1.5-2x slower (allocator and page faults settle)
-    step()
-times = []
-for _ in range(steps):
-    t = time.perf_counter(); step(); times.append(time.perf_counter() - t)
+for f in steppers.values():
+    for _ in range(warmup):  # the first steps run 1.5-2x slower (allocator and page faults settle)
+        f()
+times = {lib: [] for lib in steppers}
+for i in range(steps):  # the libraries' steps alternate, so a shared machine's noise hits all alike
+    for lib in (list(steppers) if i % 2 == 0 else list(steppers)[::-1]):
+        t = time.perf_counter(); steppers[lib](); times[lib].append(time.perf_counter() - t)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"img_s": batch / min(times), "mem_mib": (peak - base) / 1024}))
+print(json.dumps({lib: {"img_s": batch / min(t), "img_s_median": batch / sorted(t)[len(t) // 2],
+                        "mem_mib": (peak - base) / 1024} for lib, t in times.items()}))
 """
 
+LIBS = ("tessera", "transformers", "timm")
 
-def run(lib: str, key: str, batch: int, steps: int, dtype: str, size: int, warmup: int = 3) -> dict | None:
-    """One model's best step rate and memory growth, in a fresh process; None if the library is missing."""
-    proc = subprocess.run([sys.executable, "-c", CHILD, lib, key, str(batch), str(steps), dtype, str(size), str(warmup)],
-                          capture_output=True, text=True)
+
+def run(libs: tuple[str, ...], key: str, batch: int, steps: int, dtype: str, size: int, warmup: int) -> dict[str, dict]:
+    """Step rates (best and median) of `libs` in one fresh process, their steps alternating; missing libraries left out."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, ",".join(libs), key, str(batch), str(steps), dtype, str(size),
+                           str(warmup)], capture_output=True, text=True)
     if proc.returncode != 0:
-        if "ModuleNotFoundError" in proc.stderr or "ImportError" in proc.stderr:
-            return None
-        raise RuntimeError(f"{lib} {key} {dtype} failed:\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{libs} {key} {dtype} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def best_of_rounds(
-    key: str, batch: int, steps: int, dtype: str, size: int, rounds: int, warmup: int
-) -> dict[str, dict | None]:
-    """Per library, the best step rate and the largest memory growth over `rounds` turns; None if missing."""
-    results: dict[str, dict | None] = {}
-    for turn in range(max(1, rounds)):
-        libs = ("tessera", "transformers", "timm") if turn % 2 == 0 else ("timm", "transformers", "tessera")
-        for lib in libs:
-            if turn > 0 and results.get(lib) is None:
-                continue  # not installed
-            r = run(lib, key, batch, steps, dtype, size, warmup)
-            if r is not None and results.get(lib) is not None:
-                r = {"img_s": max(r["img_s"], results[lib]["img_s"]), "mem_mib": max(r["mem_mib"], results[lib]["mem_mib"])}
-            results[lib] = r
-    return {lib: results[lib] for lib in ("tessera", "transformers", "timm")}
+def measure(key: str, batch: int, steps: int, dtype: str, size: int, warmup: int) -> dict[str, dict]:
+    """Per library: speed from one process where the libraries alternate steps, memory from a fresh process each."""
+    speed = run(LIBS, key, batch, steps, dtype, size, warmup)
+    for lib in speed:  # the growth of a process's peak resident set needs the library alone in it
+        speed[lib]["mem_mib"] = run((lib,), key, batch, 1, dtype, size, 1)[lib]["mem_mib"]
+    return speed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,33 +116,30 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=None)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per model (the best is reported)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per model, alternating (best and median reported)")
     p.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (measured: the first 3-4 run slower)")
-    p.add_argument("--rounds", type=int, default=2, help="fresh processes per library, in turns (the best counts)")
     p.add_argument("--quick", action="store_true", help="small models, batch 4, 1 step: a smoke run")
     args = p.parse_args(argv)
     models = args.models or (["swin_quick", "vit_quick"] if args.quick else ["swin_t", "vit_s16"])
     batch, steps = (4, 1) if args.quick else (args.batch, args.steps)
-    args.rounds = 1 if args.quick else args.rounds
     warmup = 1 if args.quick else args.warmup
     dtypes = args.dtypes or (["fp32", "bf16"] if cpu_info().bf16_arithmetic else ["fp32"])
     size = 224
     rows = []
     for key in models:
         for dtype in dtypes:
-            results = best_of_rounds(key, batch, steps, dtype, size, args.rounds, warmup)
-            peers = {k: v for k, v in results.items() if k != "tessera" and v is not None}
+            results = measure(key, batch, steps, dtype, size, warmup)
+            peers = {k: v for k, v in results.items() if k != "tessera"}
             best = max(peers.values(), key=lambda r: r["img_s"]) if peers else None
             for lib, r in results.items():
-                if r is None:
-                    continue
                 rows.append({"model": key, "dtype": dtype, "library": lib, "img/s": f"{r['img_s']:.2f}",
                              "vs fastest peer": f"{r['img_s'] / best['img_s']:.2f}x" if best else "-",
+                             "median vs peer": f"{r['img_s_median'] / best['img_s_median']:.2f}x" if best else "-",
                              "peak MiB": f"{r['mem_mib']:.0f}"})
     print(f"# training step (AdamW), batch {batch}, {size} px, {torch.get_num_threads()} threads, {cpu_info().model}")
-    print_table(rows, ["model", "dtype", "library", "img/s", "vs fastest peer", "peak MiB"],
-                f"training, batch {batch}, {warmup} warm-up + {steps} timed steps x {args.rounds} rounds")
+    print_table(rows, ["model", "dtype", "library", "img/s", "vs fastest peer", "median vs peer", "peak MiB"],
+                f"training, batch {batch}, {warmup} warm-up + {steps} timed steps each, alternating")
     return 0
 
 
