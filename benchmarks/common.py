@@ -95,8 +95,8 @@ def matmul_peak_gflops(
     The best over several square sizes, the transformer-shaped GEMMs `shapes` (rows, in, out)
     and every kernel a linear layer can reach (`linear_kernels`: aten's linear, MKL where torch
     has it, oneDNN's inner product on a plain or a pre-reordered weight, AMX's path for bf16), so
-    that a model is never compared with a GEMM slower than the one it could use. Best of `iters` calls each: a shared host's noise
-    only ever lowers a rate.
+    that a model is never compared with a GEMM slower than the one it could use. Best of `iters`
+    calls each: a shared host's noise only ever lowers a rate.
     """
     best = 0.0
     for m, k, n in [(n, n, n) for n in sizes] + list(shapes):

@@ -170,21 +170,25 @@ class InferenceLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(..., in_features) -> (..., out_features)."""
         dtype = x.dtype
-        w, b = self.weight, self.bias
+        b = self.bias
         if self.matmul_dtype is not None:  # the explicit fp32-matmul mode of low-precision models
-            x, w = x.to(self.matmul_dtype), w.to(self.matmul_dtype)
-            b = None if b is None else b.to(self.matmul_dtype)
+            x, b = x.to(self.matmul_dtype), None if b is None else b.to(self.matmul_dtype)
         if self.kernel == "aten" or not _onednn_applies(x):  # autograd, other devices and dtypes, tracing
-            return _aten_linear(x, w, b, self.activation).to(dtype)
+            return _aten_linear(x, self.matmul_weight(), b, self.activation).to(dtype)
         rows = x.numel() // x.shape[-1]
         kernel = self.kernel
         if kernel == "auto":  # the packed weight is made for the timing only when the case is new
-            kernel = KERNEL_CHOICES.chosen(x, w, self.activation) or KERNEL_CHOICES.choose(
-                x, w, b, self.activation, self.packed_weight(rows))
+            kernel = KERNEL_CHOICES.chosen(x, self.weight, self.activation) or KERNEL_CHOICES.choose(
+                x, self.matmul_weight(), b, self.activation, self.packed_weight(rows))
         if kernel == "aten":
             self._packed = None  # the reordered copy is only worth its memory where oneDNN runs
-            return _aten_linear(x, w, b, self.activation).to(dtype)
-        return _onednn_linear(x, w, b, self.activation, self.packed_weight(rows)).to(dtype)
+            return _aten_linear(x, self.matmul_weight(), b, self.activation).to(dtype)
+        # oneDNN reads the packed copy (already in the matmul dtype): the dense weight is not converted per call
+        return _onednn_linear(x, self.weight, b, self.activation, self.packed_weight(rows)).to(dtype)
+
+    def matmul_weight(self) -> Tensor:
+        """The dense weight in the matmul dtype (converted at each call in the fp32-matmul mode)."""
+        return self.weight if self.matmul_dtype is None else self.weight.to(self.matmul_dtype)
 
     def packed_weight(self, rows: int) -> Tensor:
         """The weight (in the matmul dtype) in oneDNN's blocked layout for `rows`-row inputs, cached."""
@@ -192,8 +196,7 @@ class InferenceLinear(nn.Module):
         version = 0 if w.is_inference() else w._version  # inference tensors keep no version counter
         stamp = (w.data_ptr(), version, w.dtype, tuple(w.shape), self.matmul_dtype)
         if self._packed is None or self._packed[0] != stamp:
-            dense = w.detach() if self.matmul_dtype is None else w.detach().to(self.matmul_dtype)
-            self._packed = (stamp, torch.ops.mkldnn._reorder_linear_weight(dense, max(1, rows)))
+            self._packed = (stamp, torch.ops.mkldnn._reorder_linear_weight(self.matmul_weight().detach(), max(1, rows)))
         return self._packed[1]
 
     def __getstate__(self) -> dict:
