@@ -13,6 +13,10 @@ SwinForImageClassification / ViTForImageClassification (always), and timm where
 it imports (it needs torchvision; put a timm without its dependencies on
 PYTHONPATH to include it). Peak memory is the growth of the process's maximum
 resident set across a model's first two steps, in a fresh process per library.
+`--allocator tuned` runs every library with the `tessera` command's allocator
+setting (`tessera.hardware.tune_allocator`: freed memory is kept and reused
+instead of page-faulted again each step); the default is glibc's, what a
+plain script gets.
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ CHILD = r"""
 import json, resource, sys, time, torch
 import torch.nn.functional as F
 libs, key, batch, steps, dtype, size, warmup = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+if sys.argv[8] == "tuned":  # process-wide: every library in this process reuses freed memory
+    from tessera.hardware import tune_allocator
+    tune_allocator()
 SPECS = {
   "swin_t": dict(tessera=("swin_tiny_patch4_window7_224", {}), timm="swin_tiny_patch4_window7_224",
                  hf=("SwinForImageClassification", "SwinConfig", dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, patch_size=4))),
@@ -93,20 +100,21 @@ print(json.dumps({lib: {"img_s": batch / min(t), "img_s_median": batch / sorted(
 LIBS = ("tessera", "transformers", "timm")
 
 
-def run(libs: tuple[str, ...], key: str, batch: int, steps: int, dtype: str, size: int, warmup: int) -> dict[str, dict]:
+def run(libs: tuple[str, ...], key: str, batch: int, steps: int, dtype: str, size: int, warmup: int,
+        allocator: str) -> dict[str, dict]:
     """Step rates (best and median) of `libs` in one fresh process, their steps alternating; missing libraries left out."""
     proc = subprocess.run([sys.executable, "-c", CHILD, ",".join(libs), key, str(batch), str(steps), dtype, str(size),
-                           str(warmup)], capture_output=True, text=True)
+                           str(warmup), allocator], capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{libs} {key} {dtype} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(key: str, batch: int, steps: int, dtype: str, size: int, warmup: int) -> dict[str, dict]:
+def measure(key: str, batch: int, steps: int, dtype: str, size: int, warmup: int, allocator: str) -> dict[str, dict]:
     """Per library: speed from one process where the libraries alternate steps, memory from a fresh process each."""
-    speed = run(LIBS, key, batch, steps, dtype, size, warmup)
+    speed = run(LIBS, key, batch, steps, dtype, size, warmup, allocator)
     for lib in speed:  # the growth of a process's peak resident set needs the library alone in it
-        speed[lib]["mem_mib"] = run((lib,), key, batch, 1, dtype, size, 1)[lib]["mem_mib"]
+        speed[lib]["mem_mib"] = run((lib,), key, batch, 1, dtype, size, 1, allocator)[lib]["mem_mib"]
     return speed
 
 
@@ -119,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per model, alternating (best and median reported)")
     p.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (measured: the first 3-4 run slower)")
+    p.add_argument("--allocator", choices=["system", "tuned"], default="system",
+                   help="glibc's defaults (what a plain script gets) or the `tessera` command's setting "
+                        "(tessera.hardware.tune_allocator), for every library in the process alike")
     p.add_argument("--quick", action="store_true", help="small models, batch 4, 1 step: a smoke run")
     args = p.parse_args(argv)
     models = args.models or (["swin_quick", "vit_quick"] if args.quick else ["swin_t", "vit_s16"])
@@ -129,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for key in models:
         for dtype in dtypes:
-            results = measure(key, batch, steps, dtype, size, warmup)
+            results = measure(key, batch, steps, dtype, size, warmup, args.allocator)
             peers = {k: v for k, v in results.items() if k != "tessera"}
             best = max(peers.values(), key=lambda r: r["img_s"]) if peers else None
             for lib, r in results.items():
@@ -137,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                              "vs fastest peer": f"{r['img_s'] / best['img_s']:.2f}x" if best else "-",
                              "median vs peer": f"{r['img_s_median'] / best['img_s_median']:.2f}x" if best else "-",
                              "peak MiB": f"{r['mem_mib']:.0f}"})
-    print(f"# training step (AdamW), batch {batch}, {size} px, {torch.get_num_threads()} threads, {cpu_info().model}")
+    print(f"# training step (AdamW), batch {batch}, {size} px, {torch.get_num_threads()} threads, {cpu_info().model}, "
+          f"{args.allocator} allocator")
     print_table(rows, ["model", "dtype", "library", "img/s", "vs fastest peer", "median vs peer", "peak MiB"],
-                f"training, batch {batch}, {warmup} warm-up + {steps} timed steps each, alternating")
+                f"training, batch {batch}, {warmup} warm-up + {steps} timed steps each, alternating, "
+                f"{args.allocator} allocator")
     return 0
 
 

@@ -5,6 +5,9 @@ import torch
 
 # Two cores in CI: keep torch from oversubscribing when pytest runs in one process.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests call the `tessera` command in this process: leave glibc's allocator as it is (the setting is
+# process-wide; tests/test_hardware.py checks it in child processes).
+os.environ.setdefault("TESSERA_ALLOCATOR", "system")
 
 
 @pytest.fixture(autouse=True)

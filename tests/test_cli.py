@@ -124,3 +124,28 @@ def test_every_benchmark_script_has_a_quick_form_that_it_accepts():
         source = (folder / name).read_text()
         for flag in (a for a in extra if a.startswith("--")):
             assert f'"{flag}"' in source, f"{name} has no {flag} option"
+
+
+@pytest.mark.parametrize("env, tuned", [(None, True), ("tuned", True), ("system", False)])
+def test_the_command_tunes_the_allocator_unless_told_not_to(monkeypatch, env, tuned):
+    import tessera.cli as cli
+    import tessera.hardware as hardware
+
+    applied = []
+    monkeypatch.setattr(hardware, "tune_allocator", lambda enable=True: applied.append(enable) or True)
+    if env is None:
+        monkeypatch.delenv("TESSERA_ALLOCATOR", raising=False)
+    else:
+        monkeypatch.setenv("TESSERA_ALLOCATOR", env)
+    monkeypatch.setattr(cli, "commands", lambda: {"noop": lambda argv: 0})
+    assert main(["noop"]) == 0
+    assert applied == ([True] if tuned else [])
+
+
+def test_an_unknown_allocator_choice_is_a_clear_error(monkeypatch):
+    import tessera.cli as cli
+
+    monkeypatch.setenv("TESSERA_ALLOCATOR", "jemalloc")
+    monkeypatch.setattr(cli, "commands", lambda: {"noop": lambda argv: 0})
+    with pytest.raises(SystemExit, match="TESSERA_ALLOCATOR must be 'tuned' or 'system'"):
+        main(["noop"])

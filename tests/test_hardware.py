@@ -1,6 +1,9 @@
 """CPU detection and the precision `optimize_for_inference(dtype=...)` chooses from it."""
 
 import dataclasses
+import platform
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -84,3 +87,53 @@ def test_onednn_kernels_names_the_implementation_each_gemm_reaches():
         assert "amx" in kernels["bf16 linear"]  # the AMX kernel (issue: bf16 GEMMs must reach it)
     elif info.bf16_arithmetic:
         assert "bf16" in kernels["bf16 linear"] and "amx" not in kernels["bf16 linear"]
+
+
+_REFAULT = """
+import resource, sys, torch
+from tessera.hardware import tune_allocator
+applied = tune_allocator() if sys.argv[1] == "tuned" else False
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):  # 64 MiB written and freed: the heap settles (glibc takes a few rounds)
+    torch.ones(64, 1024, 1024 // 4).sum()
+before = faults()
+for _ in range(3):
+    torch.ones(64, 1024, 1024 // 4).sum()  # the same size again: fresh pages or the freed ones
+print(applied, faults() - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's")
+def test_tuned_allocator_reuses_freed_memory_instead_of_page_faulting_it_again():
+    def run(mode: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", _REFAULT, mode], capture_output=True, text=True, check=True)
+        applied, faults = out.stdout.split()
+        return applied, int(faults)
+
+    applied, tuned = run("tuned")
+    _, system = run("system")
+    pages = 3 * 64 * 1024**2 // 4096  # three 64 MiB blocks of 4 KiB pages
+    assert applied == "True"
+    assert system > pages // 2  # glibc's default unmaps each block on free: every page faults again
+    assert tuned < pages // 20  # kept in the heap: the pages are reused
+
+
+def test_tune_allocator_sets_and_restores_glibcs_parameters_and_is_a_no_op_without_glibc(monkeypatch):
+    from tessera import hardware
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(hardware, "_glibc", lambda: FakeLibc())
+    assert hardware.tune_allocator() is True
+    assert dict(calls) == {-4: 0, -1: 1 << 30}  # M_MMAP_MAX: no mmap; M_TRIM_THRESHOLD: keep 1 GiB
+    calls.clear()
+    assert hardware.tune_allocator(False) is True
+    assert dict(calls) == {-4: 65536, -1: 128 * 1024}  # glibc's defaults
+    monkeypatch.setattr(hardware, "_glibc", lambda: None)
+    assert hardware.tune_allocator() is False

@@ -14,6 +14,7 @@ from tessera.layers import (
     resize_rel_pos_table,
     sincos_2d,
 )
+from tessera.layers.attention import explicit_attention as _explicit
 
 
 def test_fused_attention_equals_explicit_softmax():
@@ -23,6 +24,51 @@ def test_fused_attention_equals_explicit_softmax():
     fused = attend(q, k, v, bias, fused=True)
     explicit = attend(q, k, v, bias, fused=False)
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+
+
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps for backward while `fn` runs."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def test_a_bias_that_needs_a_gradient_takes_the_explicit_path_with_sdpas_gradients(monkeypatch):
+    import tessera.layers.attention as attention
+
+    qkv = torch.randn(2, 10, 3, 4, 8, requires_grad=True)  # a fused projection's output, as Swin's
+    bias = torch.randn(1, 4, 10, 10, requires_grad=True)  # the learned relative position bias
+
+    def split():  # (B, h, N, d) slices of one (3, B, h, N, d) copy, as WindowAttention's rearrange gives
+        return qkv.permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+
+    def grads(fused):
+        q, k, v = split()
+        out = attend(q, k, v, bias, fused)
+        return torch.autograd.grad((out * torch.arange(8.0)).sum(), (qkv, bias))
+
+    calls = []
+    monkeypatch.setattr(attention, "explicit_attention", lambda *a: calls.append(1) or _explicit(*a))
+    reference = grads(True)  # torch's SDPA (its math fallback: the bias needs a gradient)
+    auto = grads("auto")
+    assert calls, "fp32 attention with a bias that needs a gradient should take the explicit path"
+    for a, b in zip(auto, reference):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    q, k, v = split()
+    # backward keeps q, k, v and the weights, but no scaled copy of q as SDPA's fallback does
+    assert _saved_bytes(lambda: _explicit(q, k, v, bias)) < _saved_bytes(
+        lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    )
+    with torch.no_grad():  # without autograd the fused kernel can take the bias: SDPA as before
+        calls.clear()
+        attend(q, k, v, bias, "auto")
+        assert not calls
 
 
 def test_attention_module_shapes_and_reference_path():

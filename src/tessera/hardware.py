@@ -132,3 +132,43 @@ def onednn_kernels() -> dict[str, str]:
             fields = line.split(",")
             found[case] = fields[fields.index("exec") + 3]  # exec, engine, primitive kind, implementation
     return found
+
+
+# glibc's mallopt parameters (malloc.h) and their defaults.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
+# Free memory at the top of the heap kept for the next step instead of handed back to the OS.
+_KEPT_TOP_BYTES = 1 << 30
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc():
+    """The C library when it is glibc (which has `mallopt`), else None (musl, macOS, Windows)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def tune_allocator(enable: bool = True) -> bool:
+    """Keep freed memory in the process for reuse (glibc), or restore glibc's defaults; True if applied.
+
+    By default glibc serves each block above 128 KiB-32 MiB (activations of a
+    training step are 10-150 MiB) with a fresh `mmap` and unmaps it on free, so
+    every step page-faults all its activations again: on a 2-core EPYC (AVX-512 BF16), a
+    Swin-T fp32 step at batch 32 spent 4-7 s of its 11-13 s in the kernel for
+    1-1.8 million page faults. Served from the heap and kept there, the same
+    step takes 8 s with no faults, for ~10% more peak memory. The setting is
+    process-wide (it helps every library in the process), so the `tessera`
+    command applies it (`TESSERA_ALLOCATOR=system` opts out) and the library
+    never does on import. A no-op returning False where the C library is not glibc.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    mmap_max, trim = (0, _KEPT_TOP_BYTES) if enable else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
+    return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))

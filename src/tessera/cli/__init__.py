@@ -14,6 +14,7 @@ command means adding a module here; nothing else is edited.
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 import sys
 from typing import Callable
@@ -39,6 +40,21 @@ def usage(table: dict[str, Command]) -> str:
     return f"{__doc__}\ncommands:\n" + "\n".join(lines)
 
 
+def configure_allocator(choice: str) -> bool:
+    """Apply the `TESSERA_ALLOCATOR` choice to this process: "tuned" (default) or "system"; True if tuned.
+
+    The commands run whole jobs, where glibc's default of unmapping large freed
+    blocks costs every training step its page faults again (`tessera.hardware.tune_allocator`).
+    """
+    if choice not in ("tuned", "system"):
+        raise SystemExit(f"tessera: TESSERA_ALLOCATOR must be 'tuned' or 'system', got {choice!r}")
+    if choice == "system":
+        return False
+    from tessera.hardware import tune_allocator
+
+    return tune_allocator()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tessera` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -50,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in table:
         print(f"tessera: unknown command {command!r}; choose from {', '.join(sorted(table))}", file=sys.stderr)
         return 2
+    configure_allocator(os.environ.get("TESSERA_ALLOCATOR", "tuned"))
     try:
         return int(table[command](rest) or 0)
     except ValueError as err:  # user-facing errors: one clear line, no traceback

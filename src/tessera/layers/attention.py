@@ -29,9 +29,11 @@ def explicit_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None) -> 
     (measured 1.2-1.6x for ViT and Swin shapes on a Zen 5), at the cost of
     rounding the scores to bf16, as transformers' eager attention does.
     """
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if bias is not None:
-        scores = scores + bias
+    scale = q.shape[-1] ** -0.5
+    if bias is None:
+        scores = (q * scale) @ k.transpose(-2, -1)
+    else:  # bias + scale QK^T in one pass; backward keeps q itself, not a scaled copy of it
+        scores = torch.add(bias, q @ k.transpose(-2, -1), alpha=scale)
     return scores.softmax(dim=-1) @ v
 
 
@@ -93,13 +95,19 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, fused: b
     timed at the first call (forward + backward when autograd records it);
     "auto" (the modules' default): "timed" for bf16 / fp16 inputs, where
     torch's fused CPU kernel can lose to explicit bf16 matmuls, the fused kernel
-    for fp32. The timed choice applies on CPU outside tracing (the fused kernel
-    otherwise). All agree up to rounding.
+    for fp32 (but the explicit path on CPU when the bias needs a gradient, where
+    torch runs the same math unfused and keeps more for backward). The timed
+    choice applies on CPU outside tracing (the fused kernel otherwise). All
+    agree up to rounding.
     """
     if bias is not None and bias.dtype != q.dtype:
         bias = bias.to(q.dtype)
     if fused == "auto":
-        fused = "timed" if q.dtype in LOW_PRECISION else True
+        # A bias that needs a gradient sends torch's CPU SDPA to its unfused math fallback: the same
+        # computation as the explicit path, which keeps less for backward (not a scaled copy of q).
+        math_fallback = (bias is not None and bias.requires_grad and torch.is_grad_enabled()
+                         and q.device.type == "cpu" and not tracing())
+        fused = "timed" if q.dtype in LOW_PRECISION else not math_fallback
     if fused == "timed":
         if q.device.type == "cpu" and not tracing():
             needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
