@@ -160,9 +160,7 @@ def print_table(rows: list[dict], columns: list[str], note: str = "") -> None:
 
 def machine() -> dict:
     """The CPU (model, ISA flags, bf16 arithmetic, caches), torch version and threads of this run."""
-    from tessera.hardware import cpu_info
-
-    from tessera.hardware import onednn_kernels
+    from tessera.hardware import cpu_info, onednn_kernels
 
     return {**cpu_info().as_dict(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "gemm_kernels": onednn_kernels()}
