@@ -1,9 +1,11 @@
-"""CPU detection and the precision `optimize_for_inference(dtype=...)` chooses from it."""
+"""CPU detection, the precision `optimize_for_inference(dtype=...)` chooses from it, the allocator setting."""
 
 import dataclasses
 import platform
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +30,8 @@ def test_cpu_info_describes_this_machine():
     assert info.bf16_arithmetic == (bool({"avx512_bf16", "amx_bf16"} & set(info.flags))
                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert info.as_dict()["model"] == info.model
+    if Path("/proc/cpuinfo").exists():  # Linux: the vendor's numbers, which name the generation
+        assert re.fullmatch(r"family \d+, model \d+", info.family_model)
 
 
 @pytest.mark.parametrize(

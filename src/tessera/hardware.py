@@ -31,6 +31,8 @@ class CPUInfo:
         amx: AMX tiles (Intel Sapphire Rapids and later), reached through oneDNN.
         l2_bytes, l3_bytes: per-core L2 and shared L3 (0 when unknown).
         threads: torch's intra-op threads.
+        family_model: the vendor's "family F, model M" numbers ("" when unknown): the model name alone
+            can be as vague as 'AMD EPYC' (family 25 model 17 is a Zen 4 part, family 26 a Zen 5).
     """
 
     model: str
@@ -41,6 +43,7 @@ class CPUInfo:
     l2_bytes: int
     l3_bytes: int
     threads: int
+    family_model: str = ""
 
     def as_dict(self) -> dict:
         """A JSON-ready dict (benchmark records)."""
@@ -50,19 +53,19 @@ class CPUInfo:
 _FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+def _cpuinfo() -> tuple[str, set[str], str]:
+    """(model name, ISA flags, "family F, model M") of the first CPU in /proc/cpuinfo."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: fall back to what torch knows
-        return platform.processor() or "unknown", set()
-    model, flags = "unknown", set()
+        return platform.processor() or "unknown", set(), ""
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and model == "unknown":
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
+        fields.setdefault(key.strip(), value.strip())  # the first CPU's lines
+    family, number = fields.get("cpu family", ""), fields.get("model", "")
+    return (fields.get("model name", "unknown"), set(fields.get("flags", "").split()),
+            f"family {family}, model {number}" if family and number else "")
 
 
 def _cache_bytes(level: int) -> int:
@@ -79,7 +82,7 @@ def _cache_bytes(level: int) -> int:
 @functools.lru_cache(maxsize=1)
 def cpu_info() -> CPUInfo:
     """This machine's CPU facts (cached: the CPU does not change while the process runs)."""
-    model, flags = _cpuinfo()
+    model, flags, family_model = _cpuinfo()
     capability = torch.backends.cpu.get_cpu_capability()
     mkldnn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     native_bf16 = bool({"avx512_bf16", "amx_bf16"} & flags) if flags else mkldnn_bf16
@@ -92,6 +95,7 @@ def cpu_info() -> CPUInfo:
         l2_bytes=_cache_bytes(2),
         l3_bytes=_cache_bytes(3),
         threads=torch.get_num_threads(),
+        family_model=family_model,
     )
 
 
