@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import record  # noqa: E402
+from common import add_allocator_argument, apply_allocator, record  # noqa: E402
 
 
 def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -73,7 +73,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="best of this many runs")
     p.add_argument("--quick", action="store_true", help="tiny UNet (widths 32, 64) for a smoke run")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="the networks' weights")
+    add_allocator_argument(p)
     args = p.parse_args()
+    apply_allocator(args.allocator)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -23,7 +23,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import PeakProbe, autocast_if, best_times_interleaved, breakdown_rows, matmul_peak_gflops, print_table  # noqa: E402
+from common import (  # noqa: E402
+    PeakProbe,
+    add_allocator_argument,
+    apply_allocator,
+    autocast_if,
+    best_times_interleaved,
+    breakdown_rows,
+    matmul_peak_gflops,
+    print_table,
+)
 
 import tessera  # noqa: E402
 from tessera.hardware import cpu_info, onednn_kernels  # noqa: E402
@@ -240,7 +249,9 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="resolution sweep instead of the speed table")
     parser.add_argument("--sizes", type=int, nargs="+", default=[224, 448, 672, 896, 1120])
     parser.add_argument("--chunks", action="store_true", help="inference grouping: the cache rule vs fixed counts vs none")
+    add_allocator_argument(parser)
     args = parser.parse_args()
+    apply_allocator(args.allocator)
     torch.set_num_threads(args.threads)
     if args.chunks:
         run_chunks(args.batch, args.size, args.iters)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table  # noqa: E402
+from common import add_allocator_argument, apply_allocator, print_table  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time, torch
@@ -127,11 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="timed steps per model, alternating (best and median reported)")
     p.add_argument("--dtypes", nargs="+", default=None, choices=["fp32", "bf16"])
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (measured: the first 3-4 run slower)")
-    p.add_argument("--allocator", choices=["system", "tuned"], default="system",
-                   help="glibc's defaults (what a plain script gets) or the `tessera` command's setting "
-                        "(tessera.hardware.tune_allocator), for every library in the process alike")
+    add_allocator_argument(p)
     p.add_argument("--quick", action="store_true", help="small models, batch 4, 1 step: a smoke run")
     args = p.parse_args(argv)
+    apply_allocator(args.allocator)  # the children apply it for the measurement; here it is recorded
     models = args.models or (["swin_quick", "vit_quick"] if args.quick else ["swin_t", "vit_s16"])
     batch, steps = (4, 1) if args.quick else (args.batch, args.steps)
     warmup = 1 if args.quick else args.warmup

@@ -37,7 +37,16 @@ from typing import Callable, NamedTuple
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import MODEL_GEMMS, PeakProbe, breakdown_rows, matmul_peak_gflops, print_table, sync  # noqa: E402
+from common import (  # noqa: E402
+    MODEL_GEMMS,
+    PeakProbe,
+    add_allocator_argument,
+    apply_allocator,
+    breakdown_rows,
+    matmul_peak_gflops,
+    print_table,
+    sync,
+)
 
 import tessera  # noqa: E402
 from tessera.hardware import onednn_kernels  # noqa: E402
@@ -152,9 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true", help="1 round of 1 batch: a smoke test, not a measurement")
+    add_allocator_argument(p)
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                    help="skip the profile of where each precision's fastest tessera and peer modes spend their time")
     args = p.parse_args(argv)
+    apply_allocator(args.allocator)
     if args.quick:
         args.rounds, args.iters, args.warmup = 1, 1, 1
     torch.set_num_threads(args.threads)

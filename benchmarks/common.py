@@ -159,11 +159,27 @@ def print_table(rows: list[dict], columns: list[str], note: str = "") -> None:
 
 
 def machine() -> dict:
-    """The CPU (model, ISA flags, bf16 arithmetic, caches), torch version and threads of this run."""
-    from tessera.hardware import cpu_info, onednn_kernels
+    """The CPU (model, ISA flags, bf16 arithmetic, caches), torch version, threads and allocator of this run."""
+    from tessera.hardware import allocator_setting, cpu_info, onednn_kernels
 
     return {**cpu_info().as_dict(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "gemm_kernels": onednn_kernels()}
+            "gemm_kernels": onednn_kernels(), "allocator": allocator_setting()}
+
+
+def add_allocator_argument(parser) -> None:
+    """`--allocator system|tuned`: glibc's defaults (what a plain script gets) or the `tessera` command's
+    setting (`tessera.hardware.tune_allocator`), for every library in the process alike."""
+    parser.add_argument("--allocator", choices=["system", "tuned"], default="system",
+                        help="glibc's defaults (a plain script's) or the tessera command's setting, for every "
+                             "library in the process alike")
+
+
+def apply_allocator(choice: str) -> None:
+    """Apply `--allocator` to this process (the setting is recorded with the results)."""
+    if choice == "tuned":
+        from tessera.hardware import tune_allocator
+
+        tune_allocator()
 
 
 def record(rows: list[dict], columns: list[str], note: str = "") -> None:

@@ -1,4 +1,5 @@
-"""benchmarks/common.py: the GEMM peak re-measured between timed rounds (`PeakProbe`), over every linear kernel."""
+"""benchmarks/common.py: the GEMM peak re-measured between timed rounds (`PeakProbe`), over every linear kernel;
+the allocator option."""
 
 import sys
 from pathlib import Path
@@ -6,7 +7,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from common import PeakProbe, best_times_interleaved, linear_kernels  # noqa: E402
+from common import (  # noqa: E402
+    PeakProbe,
+    add_allocator_argument,
+    apply_allocator,
+    best_times_interleaved,
+    linear_kernels,
+)
 
 
 def test_peak_probe_keeps_the_floor_until_a_round_beats_it_and_runs_between_rounds():
@@ -31,3 +38,30 @@ def test_the_peak_covers_every_linear_kernel_and_each_computes_the_same_product(
     for fn in kernels.values():
         torch.testing.assert_close(fn(), a @ w.T, atol=1e-5, rtol=1e-5)
     assert {name.split(" ", 2)[2] for name in PeakProbe(["fp32"], ((8, 16, 8),)).cases} == set(kernels)
+
+
+@pytest.mark.parametrize("argv, tuned", [([], False), (["--allocator", "system"], False), (["--allocator", "tuned"], True)])
+def test_the_allocator_option_applies_the_setting_only_when_asked(monkeypatch, argv, tuned):
+    import argparse
+
+    import tessera.hardware as hardware
+
+    applied = []
+    monkeypatch.setattr(hardware, "tune_allocator", lambda enable=True: applied.append(enable) or True)
+    parser = argparse.ArgumentParser()
+    add_allocator_argument(parser)
+    apply_allocator(parser.parse_args(argv).allocator)
+    assert applied == ([True] if tuned else [])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--allocator", "jemalloc"])
+
+
+def test_benchmark_records_say_which_allocator_ran(monkeypatch):
+    import common
+
+    import tessera.hardware as hardware
+
+    monkeypatch.setattr(hardware, "onednn_kernels", lambda: {})  # no child process
+    assert common.machine()["allocator"] == "system"
+    monkeypatch.setattr(hardware, "_allocator_tuned", True)
+    assert common.machine()["allocator"] == "tuned"

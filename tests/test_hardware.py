@@ -136,8 +136,10 @@ def test_tune_allocator_sets_and_restores_glibcs_parameters_and_is_a_no_op_witho
     monkeypatch.setattr(hardware, "_glibc", lambda: FakeLibc())
     assert hardware.tune_allocator() is True
     assert dict(calls) == {-4: 0, -1: 1 << 30}  # M_MMAP_MAX: no mmap; M_TRIM_THRESHOLD: keep 1 GiB
+    assert hardware.allocator_setting() == "tuned"
     calls.clear()
     assert hardware.tune_allocator(False) is True
     assert dict(calls) == {-4: 65536, -1: 128 * 1024}  # glibc's defaults
+    assert hardware.allocator_setting() == "system"
     monkeypatch.setattr(hardware, "_glibc", lambda: None)
     assert hardware.tune_allocator() is False

@@ -143,6 +143,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD = 65536, 128 * 1024
 # Free memory at the top of the heap kept for the next step instead of handed back to the OS.
 _KEPT_TOP_BYTES = 1 << 30
+_allocator_tuned = False  # what `tune_allocator` last applied in this process
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,5 +175,13 @@ def tune_allocator(enable: bool = True) -> bool:
     libc = _glibc()
     if libc is None:
         return False
+    global _allocator_tuned
     mmap_max, trim = (0, _KEPT_TOP_BYTES) if enable else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
-    return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
+    applied = bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
+    _allocator_tuned = enable and applied
+    return applied
+
+
+def allocator_setting() -> str:
+    """"tuned" when `tune_allocator()` is in effect in this process, else "system" (benchmark records)."""
+    return "tuned" if _allocator_tuned else "system"
