@@ -2,7 +2,9 @@
 
 The inference fast paths choose from this (`tessera.inference.optimize_for_inference`
 with `dtype="auto"`), and benchmarks record it next to every figure, so that
-a number is never read without the machine it came from.
+a number is never read without the machine it came from. `tune_allocator` keeps
+freed memory in the process (glibc), which the `tessera` command applies so that
+training steps stop page-faulting their activations afresh.
 """
 
 from __future__ import annotations
@@ -183,5 +185,5 @@ def tune_allocator(enable: bool = True) -> bool:
 
 
 def allocator_setting() -> str:
-    """"tuned" when `tune_allocator()` is in effect in this process, else "system" (benchmark records)."""
+    """The allocator setting in effect in this process: 'tuned' (`tune_allocator()`) or 'system' (benchmark records)."""
     return "tuned" if _allocator_tuned else "system"
