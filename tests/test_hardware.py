@@ -30,6 +30,12 @@ def test_cpu_info_describes_this_machine():
     assert info.bf16_arithmetic == (bool({"avx512_bf16", "amx_bf16"} & set(info.flags))
                                     and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert info.as_dict()["model"] == info.model
+    threads = torch.get_num_threads()
+    try:  # the thread count is read at each call (a command's --threads changes it after the first)
+        torch.set_num_threads(1)
+        assert cpu_info().threads == 1
+    finally:
+        torch.set_num_threads(threads)
     if Path("/proc/cpuinfo").exists():  # Linux: the vendor's numbers, which name the generation
         assert re.fullmatch(r"family \d+, model \d+", info.family_model)
 

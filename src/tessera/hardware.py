@@ -81,9 +81,14 @@ def _cache_bytes(level: int) -> int:
     return 0
 
 
-@functools.lru_cache(maxsize=1)
 def cpu_info() -> CPUInfo:
-    """This machine's CPU facts (cached: the CPU does not change while the process runs)."""
+    """This machine's CPU facts, with torch's intra-op threads as they are now."""
+    return dataclasses.replace(_cpu_facts(), threads=torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_facts() -> CPUInfo:
+    """The facts that do not change while the process runs (cached); `threads` is filled by `cpu_info`."""
     model, flags, family_model = _cpuinfo()
     capability = torch.backends.cpu.get_cpu_capability()
     mkldnn_bf16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -96,7 +101,7 @@ def cpu_info() -> CPUInfo:
         amx="amx_tile" in flags,
         l2_bytes=_cache_bytes(2),
         l3_bytes=_cache_bytes(3),
-        threads=torch.get_num_threads(),
+        threads=0,
         family_model=family_model,
     )
 
