@@ -36,9 +36,8 @@ CHILD = r"""
 import json, resource, sys, time, torch
 import torch.nn.functional as F
 libs, key, batch, steps, dtype, size, warmup = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
-if sys.argv[8] == "tuned":  # process-wide: every library in this process reuses freed memory
-    from tessera.hardware import tune_allocator
-    tune_allocator()
+from tessera.hardware import use_allocator
+use_allocator(sys.argv[8])  # process-wide: "tuned" makes every library in this process reuse freed memory
 SPECS = {
   "swin_t": dict(tessera=("swin_tiny_patch4_window7_224", {}), timm="swin_tiny_patch4_window7_224",
                  hf=("SwinForImageClassification", "SwinConfig", dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, patch_size=4))),

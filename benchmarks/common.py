@@ -169,17 +169,18 @@ def machine() -> dict:
 def add_allocator_argument(parser) -> None:
     """`--allocator system|tuned`: glibc's defaults (what a plain script gets) or the `tessera` command's
     setting (`tessera.hardware.tune_allocator`), for every library in the process alike."""
-    parser.add_argument("--allocator", choices=["system", "tuned"], default="system",
+    from tessera.hardware import ALLOCATOR_SETTINGS
+
+    parser.add_argument("--allocator", choices=sorted(ALLOCATOR_SETTINGS), default="system",
                         help="glibc's defaults (a plain script's) or the tessera command's setting, for every "
                              "library in the process alike")
 
 
 def apply_allocator(choice: str) -> None:
     """Apply `--allocator` to this process (the setting is recorded with the results)."""
-    if choice == "tuned":
-        from tessera.hardware import tune_allocator
+    from tessera.hardware import use_allocator
 
-        tune_allocator()
+    use_allocator(choice)
 
 
 def record(rows: list[dict], columns: list[str], note: str = "") -> None:

@@ -189,6 +189,16 @@ def tune_allocator(enable: bool = True) -> bool:
     return applied
 
 
+ALLOCATOR_SETTINGS = ("tuned", "system")
+
+
+def use_allocator(setting: str) -> bool:
+    """Apply an allocator setting by name, "tuned" (`tune_allocator()`) or "system" (left as is); True if tuned."""
+    if setting not in ALLOCATOR_SETTINGS:
+        raise ValueError(f"the allocator setting must be 'tuned' or 'system', got {setting!r}")
+    return setting == "tuned" and tune_allocator()
+
+
 def allocator_setting() -> str:
     """The allocator setting in effect in this process: 'tuned' (`tune_allocator()`) or 'system' (benchmark records)."""
     return "tuned" if _allocator_tuned else "system"

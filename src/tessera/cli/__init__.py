@@ -46,13 +46,12 @@ def configure_allocator(choice: str) -> bool:
     The commands run whole jobs, where glibc's default of unmapping large freed
     blocks costs every training step its page faults again (`tessera.hardware.tune_allocator`).
     """
-    if choice not in ("tuned", "system"):
-        raise SystemExit(f"tessera: TESSERA_ALLOCATOR must be 'tuned' or 'system', got {choice!r}")
-    if choice == "system":
-        return False
-    from tessera.hardware import tune_allocator
+    from tessera.hardware import use_allocator
 
-    return tune_allocator()
+    try:
+        return use_allocator(choice)
+    except ValueError:
+        raise SystemExit(f"tessera: TESSERA_ALLOCATOR must be 'tuned' or 'system', got {choice!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
