@@ -8,7 +8,9 @@ The same plain PyTorch loop (AdamW, cross-entropy) drives every model, on the
 same random batches. The libraries run in one process, each warmed up, then
 their steps alternate (so that a shared machine's noise hits all alike: in
 separate processes the same comparison moved by 15% from run to run); the best
-and the median step are reported. Peers: transformers'
+and the median step are reported. tessera runs twice in fp32: as built, and with
+`use_fast_linear` (its linear layers' forward and input-gradient GEMMs on the
+faster of oneDNN and MKL for this CPU, timed per shape in the warm-up). Peers: transformers'
 SwinForImageClassification / ViTForImageClassification (always), and timm where
 it imports (it needs torchvision; put a timm without its dependencies on
 PYTHONPATH to include it). Peak memory is the growth of the process's maximum
@@ -55,10 +57,13 @@ ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == "bf16" e
 def build(lib):
     torch.manual_seed(0)
     try:
-        if lib == "tessera":
+        if lib.startswith("tessera"):
             import tessera
             name, kw = spec["tessera"]
             model = tessera.create_model(name, img_size=size, num_classes=1000, **kw)
+            if lib == "tessera_fast_linear":  # the opt-in per-CPU GEMM kernels of training (fp32)
+                from tessera.layers.fast_linear import use_fast_linear
+                use_fast_linear(model)
             fwd = model
         elif lib == "timm":
             if spec["timm"] is None:
@@ -96,7 +101,12 @@ print(json.dumps({lib: {"img_s": batch / min(t), "img_s_median": batch / sorted(
                         "mem_mib": (peak - base) / 1024} for lib, t in times.items()}))
 """
 
-LIBS = ("tessera", "transformers", "timm")
+LIBS = ("tessera", "tessera_fast_linear", "transformers", "timm")
+
+
+def libraries(dtype: str) -> tuple[str, ...]:
+    """The libraries to time: `use_fast_linear` only changes fp32 (bf16 autocast already reaches oneDNN)."""
+    return LIBS if dtype == "fp32" else tuple(lib for lib in LIBS if lib != "tessera_fast_linear")
 
 
 def run(libs: tuple[str, ...], key: str, batch: int, steps: int, dtype: str, size: int, warmup: int,
@@ -111,7 +121,7 @@ def run(libs: tuple[str, ...], key: str, batch: int, steps: int, dtype: str, siz
 
 def measure(key: str, batch: int, steps: int, dtype: str, size: int, warmup: int, allocator: str) -> dict[str, dict]:
     """Per library: speed from one process where the libraries alternate steps, memory from a fresh process each."""
-    speed = run(LIBS, key, batch, steps, dtype, size, warmup, allocator)
+    speed = run(libraries(dtype), key, batch, steps, dtype, size, warmup, allocator)
     for lib in speed:  # the growth of a process's peak resident set needs the library alone in it
         speed[lib]["mem_mib"] = run((lib,), key, batch, 1, dtype, size, 1, allocator)[lib]["mem_mib"]
     return speed
@@ -139,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in models:
         for dtype in dtypes:
             results = measure(key, batch, steps, dtype, size, warmup, args.allocator)
-            peers = {k: v for k, v in results.items() if k != "tessera"}
+            peers = {k: v for k, v in results.items() if not k.startswith("tessera")}
             best = max(peers.values(), key=lambda r: r["img_s"]) if peers else None
             for lib, r in results.items():
                 rows.append({"model": key, "dtype": dtype, "library": lib, "img/s": f"{r['img_s']:.2f}",

@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from tessera.hardware import cpu_info
 from tessera.layers.kernel_choice import FastestKernel, pow2_bucket, timing_applies
 from tessera.layers.attention import Attention, CrossAttention
+from tessera.layers.fast_linear import FastLinear
 from tessera.layers.mlp import Mlp
 from tessera.layers.window_attention import WindowAttention
 
@@ -280,6 +281,6 @@ def optimize_for_inference(
         if isinstance(module, ATTENTION_MODULES) and module.fused in (True, "auto"):
             module.fused = "timed"  # the faster of the fused kernel and explicit matmuls, per shape, any dtype
         for name, child in module.named_children():
-            if type(child) is nn.Linear:
+            if type(child) in (nn.Linear, FastLinear):
                 setattr(module, name, InferenceLinear(child, "none", matmul_dtype, kernel))
     return model

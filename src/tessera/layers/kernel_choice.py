@@ -4,8 +4,9 @@ Which kernel wins depends on the CPU (oneDNN vs MKL, AVX2 vs AVX512-BF16 vs
 AMX) and on the shape, so rather than a table tuned on one machine the first
 call of each case times every candidate on the real operands (after a warm-up,
 in turns, best of `repeats`: a busy moment slows all alike) and keeps the
-winner for the process. Only used without autograd, on CPU, outside tracing
-(`timing_applies`): training and exported graphs always take the plain path.
+winner for the process. Only used on CPU outside tracing: at inference
+(`timing_applies`), and in training for the opt-in `FastLinear` GEMMs and the
+low-precision attention kernels; exported graphs always take the plain path.
 """
 
 from __future__ import annotations

@@ -341,6 +341,20 @@ class FiniteLossCheck(L.Callback):
 # -------------------------------------------------------------------------- export
 
 
+class FastLinearKernels(L.Callback):
+    """`tessera fit --fast_linear true`: the model's linear layers train on this CPU's faster GEMM kernels.
+
+    Applied at fit start (the network exists by then) on every rank; see `tessera.layers.fast_linear`.
+    Off by default: the kernels are chosen by timing, so two runs may differ at fp32 rounding.
+    """
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from tessera.layers.fast_linear import use_fast_linear
+
+        count = use_fast_linear(pl_module)
+        log.info("fast_linear: %d linear layers take the faster of oneDNN and aten per GEMM shape", count)
+
+
 def export_network(net: nn.Module, folder: Path, extra: dict[str, Any] | None = None) -> None:
     """Write the network as safetensors + config.json (`save_pretrained`), atomically, plus extra JSON."""
     folder.mkdir(parents=True, exist_ok=True)

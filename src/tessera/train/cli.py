@@ -102,6 +102,7 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
 
     from tessera.train.callbacks import (
         ExportPretrained,
+        FastLinearKernels,
         FiniteLossCheck,
         PlotMetrics,
         RestoreLoaderState,
@@ -132,6 +133,11 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
                 }
             )
             parser.add_argument("--test_after_fit", type=bool, default=True, help="run the test split after fit")
+            parser.add_argument(
+                "--fast_linear", type=bool, default=False,
+                help="fp32 CPU training: each linear GEMM on the faster of oneDNN and MKL, timed per shape "
+                     "(same results to rounding; the pick can differ between runs)",
+            )
 
         def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
             cfg = self._get(self.config_init, "trainer", default={})
@@ -147,6 +153,8 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
             return trainer
 
         def before_fit(self) -> None:
+            if self.config.get(str(self.subcommand), self.config).get("fast_linear", False):
+                self.trainer.callbacks.append(FastLinearKernels())
             ckpt = self._get(self.config_init, "ckpt_path", default=None) if self.subcommand else None
             metrics = Path(self.trainer.default_root_dir) / "metrics.csv"
             if ckpt is None and metrics.is_file() and self.trainer.is_global_zero:
