@@ -169,3 +169,36 @@ def test_fast_linear_option_converts_the_trained_networks_linear_layers(tmp_path
     cli = build_cli(["fit", "--config", str(path)])
     assert (type(cli.model.layer) is FastLinear) is fast
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_a_resumed_fast_linear_run_uses_the_kernels_it_chose_before(tmp_path, monkeypatch):
+    import torch
+
+    from tessera.layers import fast_linear
+
+    for name in ("FORWARD_CHOICES", "GRAD_INPUT_CHOICES"):  # empty tables: this test's run picks first
+        chooser = getattr(fast_linear, name)
+        monkeypatch.setattr(fast_linear, name, fast_linear.LinearGemmChoices(chooser.gemm, chooser.kernels))
+    cfg = {
+        "trainer": {"max_steps": 4, "limit_val_batches": 0, "enable_progress_bar": False,
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path / "run")},
+        "model": {"class_path": "lightning.pytorch.demos.boring_classes.BoringModel"},
+        "data": {"class_path": "lightning.pytorch.demos.boring_classes.BoringDataModule"},
+        "checkpoint": {"every_n_train_steps": 2, "save_top_k": -1},
+        "test_after_fit": False,
+        "fast_linear": True,
+    }
+    path = tmp_path / "boring.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    build_cli(["fit", "--config", str(path)])
+    picks = fast_linear.kernel_tables()
+    assert picks["forward"]  # (the first layer: no input gradient to pick a kernel for)
+    step2 = tmp_path / "run" / "checkpoints" / "stepstep=2.ckpt"
+    assert torch.load(step2, weights_only=False)["callbacks"]["FastLinearKernels"]["kernels"] == picks
+    for chooser in (fast_linear.FORWARD_CHOICES, fast_linear.GRAD_INPUT_CHOICES):  # a new process
+        chooser.table.clear()
+        monkeypatch.setattr(chooser, "time_kernel", lambda *a: pytest.fail("a restored case was timed again"))
+    resumed = build_cli(["fit", "--config", str(path), "--ckpt_path", str(step2)])
+    assert resumed.trainer.global_step == 4 and type(resumed.model.layer) is fast_linear.FastLinear
+    assert fast_linear.kernel_tables() == picks  # the resumed steps ran on the restored picks, untimed

@@ -143,3 +143,23 @@ def test_use_fast_linear_converts_a_model_in_place_and_back_keeping_its_state():
     assert sum(isinstance(m, InferenceLinear) for m in model.modules()) == plain
     assert use_fast_linear(copied, enable=False) == plain
     assert sum(type(m) is nn.Linear for m in copied.modules()) == plain
+
+
+def test_the_picks_travel_as_plain_data_and_restored_ones_are_not_timed_again(monkeypatch, fresh_choices):
+    from tessera.train.callbacks import FastLinearKernels
+
+    forward, grad_input = fresh_choices
+    favour(monkeypatch, forward, "onednn")
+    favour(monkeypatch, grad_input, "aten")
+    _, fast = pair()
+    fast(torch.randn(10, 24, requires_grad=True)).sum().backward()
+    state = FastLinearKernels().state_dict()
+    assert state == {"kernels": {"forward": [(16, 24, 40, "float32", "onednn", {"onednn": 1.0, "aten": 2.0})],
+                                 "grad_input": [(16, 24, 40, "float32", "aten", {"onednn": 2.0, "aten": 1.0})]}}
+    forward.table.clear()
+    grad_input.table.clear()
+    for chooser in (forward, grad_input):  # a new process: nothing may be timed for the restored cases
+        monkeypatch.setattr(chooser, "time_kernel", lambda *a: pytest.fail("timed again"))
+    FastLinearKernels().load_state_dict(state)
+    fast(torch.randn(12, 24, requires_grad=True)).sum().backward()
+    assert {(r["gemm"], r["kernel"]) for r in fast_linear_choices()} == {("forward", "onednn"), ("grad_input", "aten")}

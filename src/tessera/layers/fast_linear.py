@@ -9,7 +9,9 @@ dW 1.03-4x faster (oneDNN needs both operands transposed for it). Which kernel
 wins is the CPU's business, so `FastLinear` times both for the forward and for
 dx at the first call of each shape (`FastestKernel`: warm-up, then in turns,
 best of three), keeps the faster for the process and always computes dW and db
-with aten. `fast_linear_choices()` lists the picks.
+with aten. `fast_linear_choices()` lists the picks; `kernel_tables()` /
+`restore_kernel_tables()` carry them in a training checkpoint, so a resumed run
+computes with the kernels of the run it resumes.
 
 It applies to fp32 on the CPU while autograd records, outside autocast (bf16
 autocast already reaches oneDNN), torch.compile and torch.export; everything
@@ -75,6 +77,21 @@ def fast_linear_choices() -> list[dict]:
              "kernel": choice, **{f"{n}_us": round(t * 1e6, 1) for n, t in times.items()}}
             for chooser in (FORWARD_CHOICES, GRAD_INPUT_CHOICES)
             for k, (choice, times) in chooser.table.items()]
+
+
+def kernel_tables() -> dict[str, list]:
+    """The picks so far as plain data, per GEMM: [(rows, in, out, dtype name, kernel, {kernel: seconds})]."""
+    return {chooser.gemm: [(*key[:3], str(key[3]).replace("torch.", ""), choice, dict(times))
+                           for key, (choice, times) in chooser.table.items()]
+            for chooser in (FORWARD_CHOICES, GRAD_INPUT_CHOICES)}
+
+
+def restore_kernel_tables(tables: dict[str, list]) -> None:
+    """Take picks from `kernel_tables()` (a resumed run's): those cases are not timed again."""
+    for chooser in (FORWARD_CHOICES, GRAD_INPUT_CHOICES):
+        for rows, n_in, n_out, dtype, choice, times in tables.get(chooser.gemm, []):
+            if choice in chooser.kernels:
+                chooser.table[(rows, n_in, n_out, getattr(torch, dtype))] = (choice, times)
 
 
 def _gradients_needed(ctx) -> list[bool]:

@@ -345,7 +345,8 @@ class FastLinearKernels(L.Callback):
     """`tessera fit --fast_linear true`: the model's linear layers train on this CPU's faster GEMM kernels.
 
     Applied at fit start (the network exists by then) on every rank; see `tessera.layers.fast_linear`.
-    Off by default: the kernels are chosen by timing, so two runs may differ at fp32 rounding.
+    Off by default: the kernels are chosen by timing, so two runs may differ at fp32 rounding. The
+    choices travel in the checkpoint, so a resumed run computes with the kernels of the run it resumes.
     """
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -353,6 +354,18 @@ class FastLinearKernels(L.Callback):
 
         count = use_fast_linear(pl_module)
         log.info("fast_linear: %d linear layers take the faster of oneDNN and aten per GEMM shape", count)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The kernel picked per GEMM case so far (`tessera.layers.fast_linear.kernel_tables`)."""
+        from tessera.layers.fast_linear import kernel_tables
+
+        return {"kernels": kernel_tables()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the resumed run's picks: those cases are not timed again."""
+        from tessera.layers.fast_linear import restore_kernel_tables
+
+        restore_kernel_tables(state_dict.get("kernels", {}))
 
 
 def export_network(net: nn.Module, folder: Path, extra: dict[str, Any] | None = None) -> None:
