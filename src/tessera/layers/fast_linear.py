@@ -71,19 +71,18 @@ FORWARD_CHOICES = LinearGemmChoices("forward", {"onednn": _onednn_matmul, "aten"
 GRAD_INPUT_CHOICES = LinearGemmChoices("grad_input", {"onednn": _onednn_grad_input, "aten": _aten_grad_input})
 
 
-def fast_linear_choices() -> list[dict]:
-    """The kernels `FastLinear` chose in this process: one row per (GEMM, shape), with both timings."""
-    return [{"gemm": chooser.gemm, "rows": k[0], "in": k[1], "out": k[2], "dtype": str(k[3]).replace("torch.", ""),
-             "kernel": choice, **{f"{n}_us": round(t * 1e6, 1) for n, t in times.items()}}
-            for chooser in (FORWARD_CHOICES, GRAD_INPUT_CHOICES)
-            for k, (choice, times) in chooser.table.items()]
-
-
 def kernel_tables() -> dict[str, list]:
     """The picks so far as plain data, per GEMM: [(rows, in, out, dtype name, kernel, {kernel: seconds})]."""
     return {chooser.gemm: [(*key[:3], str(key[3]).replace("torch.", ""), choice, dict(times))
                            for key, (choice, times) in chooser.table.items()]
             for chooser in (FORWARD_CHOICES, GRAD_INPUT_CHOICES)}
+
+
+def fast_linear_choices() -> list[dict]:
+    """The kernels `FastLinear` chose in this process: one row per (GEMM, shape), with both timings."""
+    return [{"gemm": gemm, "rows": rows, "in": n_in, "out": n_out, "dtype": dtype, "kernel": kernel,
+             **{f"{n}_us": round(t * 1e6, 1) for n, t in times.items()}}
+            for gemm, picks in kernel_tables().items() for rows, n_in, n_out, dtype, kernel, times in picks]
 
 
 def restore_kernel_tables(tables: dict[str, list]) -> None:
@@ -120,7 +119,6 @@ class _FastLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)  # what aten's addmm keeps too
-        ctx.has_bias = bias is not None
         rows = x.numel() // x.shape[-1]
         return FORWARD_CHOICES.run(LinearGemmChoices.key(rows, weight), x, weight, bias)
 
@@ -138,7 +136,7 @@ class _FastLinearFunction(torch.autograd.Function):
             dx = dx.view(x.shape)
         if need_w:
             dw = _aten_grad_weight(dy_rows, x.reshape(-1, x.shape[-1]))
-        if need_b and ctx.has_bias:
+        if need_b:  # False without a bias: a None input needs no gradient
             db = dy_rows.sum(0)
         return dx, dw, db
 
