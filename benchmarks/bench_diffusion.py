@@ -24,22 +24,12 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import add_allocator_argument, apply_allocator, record  # noqa: E402
-
-
-def _time(fn, repeats: int) -> tuple[float, torch.Tensor]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+from common import add_allocator_argument, apply_allocator, fastest_in_turns, record  # noqa: E402
 
 
 class InDtype(torch.nn.Module):
@@ -109,8 +99,8 @@ def main() -> None:
     with torch.inference_mode():  # warm-up: one network call each (allocator, oneDNN kernels)
         t0 = torch.full((args.batch,), 999)
         model(x_T, t0), ref(x_T, t0)
-    t_ours, x_ours = _time(run_tessera, args.repeats)
-    t_ref, x_ref = _time(run_diffusers, args.repeats)
+    (t_ours, x_ours), (t_ref, x_ref) = fastest_in_turns({"tessera": run_tessera, "diffusers": run_diffusers},
+                                                      args.repeats).values()
     diff = (x_ours - x_ref).abs().max().item()
 
     # ---- DDPM, a few ancestral steps from T-1, extrapolated to all T
@@ -132,8 +122,8 @@ def main() -> None:
                 x = sched.step(ref(x, t).sample, t, x, generator=g).prev_sample
         return x
 
-    d_ours, y_ours = _time(ddpm_tessera, args.repeats)
-    d_ref, y_ref = _time(ddpm_diffusers, args.repeats)
+    (d_ours, y_ours), (d_ref, y_ref) = fastest_in_turns({"tessera": ddpm_tessera, "diffusers": ddpm_diffusers},
+                                                      args.repeats).values()
     ddpm_diff = (y_ours - y_ref).abs().max().item()
 
     with torch.inference_mode():  # one network call on the same input: the parity claim itself
@@ -169,7 +159,7 @@ def main() -> None:
              "ratio": round(t_ref / t_ours, 3), kind: f"{diff:.2e}"},
             {"run": "DDPM (timed steps)", "steps": k, "tessera s": round(d_ours, 3), "diffusers s": round(d_ref, 3),
              "ratio": round(d_ref / d_ours, 3), kind: f"{ddpm_diff:.2e}"}],
-           ["run", "steps", "tessera s", "diffusers s", "ratio", "max|diff|"],
+           ["run", "steps", "tessera s", "diffusers s", "ratio", kind],
            f"{args.preset}{' (quick)' if args.quick else ''}, batch {args.batch}, {h}x{w}, {args.dtype}")
 
 

@@ -68,6 +68,25 @@ def best_times_interleaved(
     return best
 
 
+def fastest_in_turns(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, object]]:
+    """{name: (fastest of `repeats` calls in seconds, the last output)}, the functions called in turns.
+
+    Each round calls every function once, in reversed order every other round, so a
+    host that speeds up or slows down over the run weighs on both libraries alike
+    (bench_diffusion timing one library's repeats and then the other's gave DDPM 0.91x and
+    DDIM 1.03x in one run, with the same network call in both samplers). No warm-up call:
+    for runs of many seconds (a sampler) the caller warms up what needs it.
+    """
+    best = {name: (float("inf"), None) for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            out = fns[name]()
+            best[name] = (min(best[name][0], time.perf_counter() - start), out)
+    return best
+
+
 # (rows, in, out) of the GEMMs transformers spend their time in: a ViT-B / Swin-T MLP at a few
 # thousand tokens. On AMX machines these reach 2-3x the rate of square GEMMs (whose operands
 # spill the 2 MiB L2), so a peak from square sizes alone would put models above 100%.

@@ -12,6 +12,7 @@ from common import (  # noqa: E402
     add_allocator_argument,
     apply_allocator,
     best_times_interleaved,
+    fastest_in_turns,
     linear_kernels,
 )
 
@@ -65,3 +66,24 @@ def test_benchmark_records_say_which_allocator_ran(monkeypatch):
     assert common.machine()["allocator"] == "system"
     monkeypatch.setattr(hardware, "_allocator_tuned", True)
     assert common.machine()["allocator"] == "tuned"
+
+
+def test_fastest_in_turns_alternates_the_order_and_keeps_each_ones_best_time_and_last_output(monkeypatch):
+    import common
+
+    clock = iter(range(100))
+    monkeypatch.setattr(common.time, "perf_counter", lambda: float(next(clock)))
+    calls = []
+    durations = {"a": iter([5, 1, 3]), "b": iter([2, 4, 6])}
+
+    def make(name):
+        def fn():
+            calls.append(name)
+            for _ in range(next(durations[name]) - 1):  # each extra clock read is one more second
+                next(clock)
+            return f"{name}{len(calls)}"
+        return fn
+
+    best = fastest_in_turns({"a": make("a"), "b": make("b")}, repeats=3)
+    assert calls == ["a", "b", "b", "a", "a", "b"]
+    assert best == {"a": (1.0, "a5"), "b": (2.0, "b6")}
