@@ -164,3 +164,10 @@ def test_the_picks_travel_as_plain_data_and_restored_ones_are_not_timed_again(mo
     FastLinearKernels().load_state_dict(state)
     fast(torch.randn(12, 24, requires_grad=True)).sum().backward()
     assert {(r["gemm"], r["kernel"]) for r in fast_linear_choices()} == {("forward", "onednn"), ("grad_input", "aten")}
+
+
+def test_an_input_of_the_wrong_width_gets_torchs_own_shape_error():
+    model = nn.Sequential(nn.Linear(8, 4))
+    assert use_fast_linear(model) == 1
+    with pytest.raises(RuntimeError, match=r"cannot be multiplied \(3x5 and 8x4\)"):  # not oneDNN's "primitive descriptor"
+        model(torch.randn(3, 5, requires_grad=True))

@@ -246,3 +246,12 @@ def test_low_precision_without_matmul_dtype_falls_back_to_f_linear():
     x = torch.randn(4, 8, dtype=torch.bfloat16)
     with torch.inference_mode():
         torch.testing.assert_close(InferenceLinear(lin)(x), lin(x))
+
+
+@pytest.mark.parametrize("kernel", ["auto", "onednn"])
+def test_an_input_of_the_wrong_width_gets_torchs_own_shape_error(kernel):
+    layer = InferenceLinear(nn.Linear(8, 4), "gelu", kernel=kernel)
+    with torch.no_grad(), pytest.raises(RuntimeError, match=r"cannot be multiplied \(3x5 and 8x4\)"):
+        layer(torch.randn(3, 5))  # oneDNN alone would say it cannot create a primitive descriptor
+    with torch.no_grad():
+        assert layer(torch.randn(2, 0, 8)).shape == (2, 0, 4)

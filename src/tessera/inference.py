@@ -174,7 +174,9 @@ class InferenceLinear(nn.Module):
         b = self.bias
         if self.matmul_dtype is not None:  # the explicit fp32-matmul mode of low-precision models
             x, b = x.to(self.matmul_dtype), None if b is None else b.to(self.matmul_dtype)
-        if self.kernel == "aten" or not _onednn_applies(x):  # autograd, other devices and dtypes, tracing
+        # autograd, other devices and dtypes, tracing; and an input of the wrong width, for torch's own error
+        # (oneDNN would only say it cannot build its kernel)
+        if self.kernel == "aten" or not _onednn_applies(x) or x.shape[-1:] != self.weight.shape[1:]:
             return _aten_linear(x, self.matmul_weight(), b, self.activation).to(dtype)
         rows = x.numel() // x.shape[-1]
         kernel = self.kernel

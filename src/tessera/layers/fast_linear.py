@@ -142,9 +142,12 @@ class _FastLinearFunction(torch.autograd.Function):
 
 
 def fast_linear_applies(x: Tensor, weight: Tensor) -> bool:
-    """True where `FastLinear` takes the timed kernels: fp32 on CPU, autograd recording, no autocast, not traced."""
+    """True where `FastLinear` takes the timed kernels: fp32 on CPU, autograd recording, no autocast, not traced.
+
+    An input of the wrong width goes to `F.linear`, which says so (oneDNN would only fail to build its kernel)."""
     return (
         torch.is_grad_enabled()
+        and x.shape[-1:] == weight.shape[1:]
         and (x.requires_grad or weight.requires_grad)
         and x.device.type == "cpu"
         and x.dtype == weight.dtype == torch.float32
