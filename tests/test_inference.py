@@ -249,9 +249,11 @@ def test_low_precision_without_matmul_dtype_falls_back_to_f_linear():
 
 
 @pytest.mark.parametrize("kernel", ["auto", "onednn"])
-def test_an_input_of_the_wrong_width_gets_torchs_own_shape_error(kernel):
+def test_an_input_of_the_wrong_width_or_dtype_gets_torchs_own_error(kernel):
     layer = InferenceLinear(nn.Linear(8, 4), "gelu", kernel=kernel)
     with torch.no_grad(), pytest.raises(RuntimeError, match=r"cannot be multiplied \(3x5 and 8x4\)"):
         layer(torch.randn(3, 5))  # oneDNN alone would say it cannot create a primitive descriptor
+    with torch.no_grad(), pytest.raises(RuntimeError, match="must have the same dtype"):
+        layer.to(torch.bfloat16)(torch.randn(3, 8))  # an fp32 batch into a bf16 model
     with torch.no_grad():
-        assert layer(torch.randn(2, 0, 8)).shape == (2, 0, 4)
+        assert layer.float()(torch.randn(2, 0, 8)).shape == (2, 0, 4)

@@ -174,9 +174,9 @@ class InferenceLinear(nn.Module):
         b = self.bias
         if self.matmul_dtype is not None:  # the explicit fp32-matmul mode of low-precision models
             x, b = x.to(self.matmul_dtype), None if b is None else b.to(self.matmul_dtype)
-        # autograd, other devices and dtypes, tracing; and an input of the wrong width, for torch's own error
-        # (oneDNN would only say it cannot build its kernel)
-        if self.kernel == "aten" or not _onednn_applies(x) or x.shape[-1:] != self.weight.shape[1:]:
+        # autograd, other devices and dtypes, tracing; and an input of the wrong width or dtype, for torch's
+        # own error (oneDNN would only say it cannot build its kernel)
+        if self.kernel == "aten" or not _onednn_applies(x) or not self.fits(x):
             return _aten_linear(x, self.matmul_weight(), b, self.activation).to(dtype)
         rows = x.numel() // x.shape[-1]
         kernel = self.kernel
@@ -188,6 +188,10 @@ class InferenceLinear(nn.Module):
             return _aten_linear(x, self.matmul_weight(), b, self.activation).to(dtype)
         # oneDNN reads the packed copy (already in the matmul dtype): the dense weight is not converted per call
         return _onednn_linear(x, self.weight, b, self.activation, self.packed_weight(rows)).to(dtype)
+
+    def fits(self, x: Tensor) -> bool:
+        """Whether x (already in the matmul dtype) has the weight's width and dtype."""
+        return x.shape[-1:] == self.weight.shape[1:] and (self.matmul_dtype is not None or x.dtype == self.weight.dtype)
 
     def matmul_weight(self) -> Tensor:
         """The dense weight in the matmul dtype (converted at each call in the fp32-matmul mode)."""
