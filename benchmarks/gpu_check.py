@@ -3,11 +3,16 @@
     python benchmarks/gpu_check.py                 # CUDA: Swin-T, ViT-B/16, the CIFAR-10 UNet, bf16
     python benchmarks/gpu_check.py --quick         # tiny models on whatever device there is (CPU in the tests)
 
+On the lent H200 machine (its python3 has torch, transformers and timm, no diffusers, and tessera is not
+installed): carry the wheels of diffusers and importlib_metadata (the device tool's README says how) and run
+`PYTHONPATH=src python3 benchmarks/gpu_check.py`. Without diffusers the UNet row has no peer.
+
 What it measures, each against the peer on the same device with the same weights:
 - inference and training img/s in bf16 (autocast) for Swin-T and ViT-B/16
-  (transformers; timm where it imports) and the DDPM UNet (diffusers), batch
-  `--batch`; Swin-T's inference figure is printed next to note 004's 755 img/s
-  on a V100;
+  (transformers with the same weights; timm, randomly initialised, where it
+  imports) and the DDPM UNet (diffusers, where it imports), batch `--batch`,
+  tessera's ratio against the fastest peer; Swin-T's inference figure is printed
+  next to note 004's 755 img/s on a V100;
 - which scaled-dot-product-attention backend each attention runs: Swin's masked
   window attention (flash cannot take an additive mask, the memory-efficient
   kernel can) and ViT's unmasked one, by forcing each backend in turn and by
@@ -64,32 +69,56 @@ def classifier_pairs(size: str, folder: Path) -> dict[str, tuple[torch.nn.Module
     return pairs
 
 
-def unet_pair(size: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """tessera's DDPM CIFAR-10 UNet and diffusers' UNet2DModel with its weights."""
-    from tessera.diffusion.convert import to_diffusers
+def timm_peer(key: str, size: str) -> tuple[torch.nn.Module, Callable] | None:
+    """timm's model of the same architecture (random weights: speed only), None where timm does not import."""
+    try:
+        import timm
+    except ImportError:  # timm needs torchvision, which the CPU build of the tests cannot load
+        return None
+    name, kwargs = {"swin_t": ("swin_tiny_patch4_window7_224", {}), "vit_b16": ("vit_base_patch16_224", {})}[key]
+    if size == "quick":
+        kwargs = {"swin_t": dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2)),
+                  "vit_b16": dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)}[key]
+    model = timm.create_model(name, pretrained=False, num_classes=1000, **kwargs).eval()
+    return model, model
 
+
+def unet_pair(size: str) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """tessera's DDPM CIFAR-10 UNet and diffusers' UNet2DModel with its weights (None where diffusers does not import)."""
     overrides = dict(widths=(32, 64), depth=1, attn_resolutions=(16,)) if size == "quick" else {}
     ours = tessera.create_model("unet_ddpm_cifar10", **overrides).eval()
-    return ours, to_diffusers(ours).eval()
+    try:
+        from tessera.diffusion.convert import to_diffusers
+
+        return ours, to_diffusers(ours).eval()
+    except ImportError:
+        print("# diffusers does not import here: the UNet row has no peer")
+        return ours, None
 
 
 def throughput_rows(device: torch.device, batch: int, iters: int, size: str, folder: Path) -> list[dict]:
     """Inference and training img/s in bf16 autocast, tessera and the peer, per model."""
     amp = (lambda: torch.autocast(device.type, dtype=torch.bfloat16))
     rows = []
-    models: dict[str, tuple[torch.nn.Module, torch.nn.Module, Callable, Callable]] = {}
+    # model -> [(library, module, forward)], tessera first
+    models: dict[str, list[tuple[str, torch.nn.Module, Callable]]] = {}
     for key, (ours, peer, peer_fn) in classifier_pairs(size, folder).items():
-        models[key] = (ours, peer, ours, peer_fn)
+        models[key] = [("tessera", ours, ours), ("transformers", peer, peer_fn)]
+        if (timm_model := timm_peer(key, size)) is not None:
+            models[key].append(("timm", *timm_model))
     ours, peer = unet_pair(size)
-    models["unet_cifar10"] = (ours, peer, ours, lambda x, t, peer=peer: peer(x, t).sample)
-    for key, (ours, peer, ours_fn, peer_fn) in models.items():
-        ours.to(device), peer.to(device)
+    models["unet_cifar10"] = [("tessera", ours, ours)]
+    if peer is not None:
+        models["unet_cifar10"].append(("diffusers", peer, lambda x, t, peer=peer: peer(x, t).sample))
+    for key, runs in models.items():
+        first = len(rows)
         if key.startswith("unet"):
             c, h, w = ours.input_size
             inputs = (torch.randn(batch, c, h, w, device=device), torch.randint(0, 1000, (batch,), device=device))
         else:
             inputs = (torch.randn(batch, 3, 224, 224, device=device),)
-        for library, module, fn in (("tessera", ours, ours_fn), ("peer", peer, peer_fn)):
+        for library, module, fn in runs:
+            module.to(device)
             module.eval()
             with torch.inference_mode(), amp():
                 infer = batch / best_time(lambda: fn(*inputs), iters=iters, device=device)
@@ -104,15 +133,15 @@ def throughput_rows(device: torch.device, batch: int, iters: int, size: str, fol
                 opt.zero_grad(set_to_none=True)
 
             train = batch / best_time(step, warmup=1, iters=iters, device=device)
-            module.eval()
-            rows.append({"model": key, "library": library if library == "tessera" else type(module).__module__.split(".")[0],
-                         "inference img/s": f"{infer:.1f}", "training img/s": f"{train:.1f}"})
-        mine, theirs = rows[-2], rows[-1]
-        for kind in ("inference", "training"):
-            mine[f"{kind} vs peer"] = f"{float(mine[f'{kind} img/s']) / float(theirs[f'{kind} img/s']):.2f}x"
+            module.eval().cpu()
+            rows.append({"model": key, "library": library, "inference img/s": f"{infer:.1f}", "training img/s": f"{train:.1f}"})
+        mine, peers = rows[first], rows[first + 1:]
+        for kind in ("inference", "training"):  # against the fastest peer of each
+            if peers:
+                fastest = max(float(r[f"{kind} img/s"]) for r in peers)
+                mine[f"{kind} vs peer"] = f"{float(mine[f'{kind} img/s']) / fastest:.2f}x"
         if key == "swin_t" and size == "full":
             mine["note 004 (V100)"] = f"{NOTES_SWIN_T_V100:.0f} img/s"
-        ours.cpu(), peer.cpu()
     return rows
 
 

@@ -38,3 +38,38 @@ def test_quick_gpu_check_runs_every_section_on_cpu(one_thread, monkeypatch, caps
     for expected in ("swin_t", "vit_b16", "unet_cifar10", "inference vs peer", "efficient_attention",
                      "channels_last"):
         assert expected in out
+
+
+
+def test_throughput_rows_add_timm_where_it_imports_compare_with_the_fastest_peer_and_survive_no_diffusers(
+        monkeypatch, tmp_path):
+    import types
+
+    import gpu_check
+    import tessera.diffusion.convert as convert
+
+    made = []
+
+    def create_model(name, pretrained, num_classes, **kwargs):  # a stand-in timm (the real one needs torchvision)
+        assert not pretrained and num_classes == 1000
+        made.append(name)
+        return torch.nn.Linear(2, 2)
+
+    def no_diffusers(model):
+        raise ImportError("No module named 'diffusers'")
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    monkeypatch.setattr(convert, "to_diffusers", no_diffusers)
+    # seconds per call in the order timed: per model tessera, transformers, timm, each inference then training
+    seconds = iter([1.0, 1.0, 2.0, 4.0, 0.5, 8.0] * 2 + [1.0, 1.0])
+    monkeypatch.setattr(gpu_check, "best_time", lambda fn, warmup=2, iters=5, device=None: next(seconds))
+
+    rows = gpu_check.throughput_rows(torch.device("cpu"), 2, 1, "quick", tmp_path)
+    assert made == ["swin_tiny_patch4_window7_224", "vit_base_patch16_224"]
+    by = {(r["model"], r["library"]): r for r in rows}
+    assert list(by) == [(m, lib) for m in ("swin_t", "vit_b16") for lib in ("tessera", "transformers", "timm")] + [
+        ("unet_cifar10", "tessera")]
+    for model in ("swin_t", "vit_b16"):  # timm is the fastest peer in inference, transformers in training
+        assert by[(model, "tessera")]["inference vs peer"] == "0.50x"
+        assert by[(model, "tessera")]["training vs peer"] == "4.00x"
+    assert "inference vs peer" not in by[("unet_cifar10", "tessera")]  # no peer, no ratio
