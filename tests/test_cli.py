@@ -152,22 +152,27 @@ def test_an_unknown_allocator_choice_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fast", [False, True])
-def test_fast_linear_option_converts_the_trained_networks_linear_layers(tmp_path, fast):
+@pytest.mark.parametrize(
+    "fast, trainer, converted",
+    [(False, {}, False), (True, {}, True), (None, {}, False), (None, {"benchmark": True}, True),
+     (None, {"benchmark": True, "deterministic": True}, False), (False, {"benchmark": True}, False)],
+)
+def test_fast_linear_option_converts_the_trained_networks_linear_layers(tmp_path, fast, trainer, converted):
     from tessera.layers.fast_linear import FastLinear
 
     cfg = {
         "trainer": {"max_steps": 2, "limit_val_batches": 1, "enable_progress_bar": False,
-                    "enable_model_summary": False, "default_root_dir": str(tmp_path / "run")},
+                    "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"), **trainer},
         "model": {"class_path": "lightning.pytorch.demos.boring_classes.BoringModel"},
         "data": {"class_path": "lightning.pytorch.demos.boring_classes.BoringDataModule"},
         "test_after_fit": False,
-        "fast_linear": fast,
     }
+    if fast is not None:  # unset: it follows trainer.benchmark, off when deterministic
+        cfg["fast_linear"] = fast
     path = tmp_path / "boring.yaml"
     path.write_text(yaml.safe_dump(cfg))
     cli = build_cli(["fit", "--config", str(path)])
-    assert (type(cli.model.layer) is FastLinear) is fast
+    assert (type(cli.model.layer) is FastLinear) is converted
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 

@@ -345,7 +345,8 @@ class FastLinearKernels(L.Callback):
     """`tessera fit --fast_linear true`: the model's linear layers train on this CPU's faster GEMM kernels.
 
     Applied at fit start (the network exists by then) on every rank; see `tessera.layers.fast_linear`.
-    Off by default: the kernels are chosen by timing, so two runs may differ at fp32 rounding. The
+    Off by default (on with `trainer.benchmark` unless deterministic): the kernels are chosen by
+    timing, so two runs may differ at fp32 rounding. The
     choices travel in the checkpoint, so a resumed run computes with the kernels of the run it resumes.
     """
 

@@ -24,7 +24,7 @@ import logging
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -134,9 +134,11 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
             )
             parser.add_argument("--test_after_fit", type=bool, default=True, help="run the test split after fit")
             parser.add_argument(
-                "--fast_linear", type=bool, default=False,
+                "--fast_linear", type=Optional[bool], default=None,
                 help="fp32 CPU training: each linear GEMM on the faster of oneDNN and MKL, timed per shape "
-                     "(same results to rounding; the pick can differ between runs)",
+                     "(same results to rounding; the pick can differ between runs). Unset: on with "
+                     "trainer.benchmark (Lightning's switch for kernels chosen by timing), off when "
+                     "trainer.deterministic",
             )
 
         def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
@@ -153,13 +155,21 @@ def build_cli(argv: list[str], run: bool = True) -> Any:
             return trainer
 
         def before_fit(self) -> None:
-            if self.config.get(str(self.subcommand), self.config).get("fast_linear", False):
+            if self.fast_linear_wanted():
                 self.trainer.callbacks.append(FastLinearKernels())
             ckpt = self._get(self.config_init, "ckpt_path", default=None) if self.subcommand else None
             metrics = Path(self.trainer.default_root_dir) / "metrics.csv"
             if ckpt is None and metrics.is_file() and self.trainer.is_global_zero:
                 log.warning("new run in %s: replacing the previous metrics.csv", metrics.parent)
                 metrics.unlink()
+
+        def fast_linear_wanted(self) -> bool:
+            """`--fast_linear` if given; unset, `trainer.benchmark` (as cuDNN's timed algorithm choice) unless deterministic."""
+            asked = self.config.get(str(self.subcommand), self.config).get("fast_linear")
+            if asked is not None:
+                return bool(asked)
+            cfg = self._get(self.config_init, "trainer", default={})
+            return bool(cfg.get("benchmark")) and not cfg.get("deterministic")
 
         def after_fit(self) -> None:
             from lightning.pytorch.utilities.model_helpers import is_overridden
