@@ -47,6 +47,8 @@ SWIN_FIELDS = {"full": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 
                "quick": dict(embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=7)}
 VIT_FIELDS = {"full": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
               "quick": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)}
+# the two classifiers, by the name tessera and timm both register them under
+MODEL_NAMES = {"swin_t": "swin_tiny_patch4_window7_224", "vit_b16": "vit_base_patch16_224"}
 OURS_QUICK = {"swin_t": dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2)),
               "vit_b16": dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)}
 
@@ -56,9 +58,9 @@ def classifier_pairs(size: str, folder: Path) -> dict[str, tuple[torch.nn.Module
     import transformers
 
     pairs = {}
-    specs = {"swin_t": ("swin_tiny_patch4_window7_224", "SwinForImageClassification", "SwinConfig",
+    specs = {"swin_t": (MODEL_NAMES["swin_t"], "SwinForImageClassification", "SwinConfig",
                         dict(patch_size=4, **SWIN_FIELDS[size])),
-             "vit_b16": ("vit_base_patch16_224", "ViTForImageClassification", "ViTConfig",
+             "vit_b16": (MODEL_NAMES["vit_b16"], "ViTForImageClassification", "ViTConfig",
                          dict(patch_size=16, layer_norm_eps=1e-6, **VIT_FIELDS[size]))}
     for key, (name, cls, cfg, fields) in specs.items():
         peer = getattr(transformers, cls)(getattr(transformers, cfg)(image_size=224, num_labels=1000, **fields)).eval()
@@ -75,11 +77,8 @@ def timm_peer(key: str, size: str) -> tuple[torch.nn.Module, Callable] | None:
         import timm
     except ImportError:  # timm needs torchvision, which the CPU build of the tests cannot load
         return None
-    name, kwargs = {"swin_t": ("swin_tiny_patch4_window7_224", {}), "vit_b16": ("vit_base_patch16_224", {})}[key]
-    if size == "quick":
-        kwargs = {"swin_t": dict(embed_dim=16, depths=(1, 1), num_heads=(1, 2)),
-                  "vit_b16": dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0)}[key]
-    model = timm.create_model(name, pretrained=False, num_classes=1000, **kwargs).eval()
+    kwargs = OURS_QUICK[key] if size == "quick" else {}  # timm takes the same architecture arguments
+    model = timm.create_model(MODEL_NAMES[key], pretrained=False, num_classes=1000, **kwargs).eval()
     return model, model
 
 
@@ -191,8 +190,7 @@ def compile_rows(device: torch.device, size: str, backend: str) -> list[dict]:
     from torch._dynamo.utils import counters
 
     sizes = (224, 256, 288)
-    specs = {"vit_b16": ("vit_base_patch16_224", dict(dynamic_img_size=True)),
-             "swin_t": ("swin_tiny_patch4_window7_224", {})}
+    specs = {"vit_b16": (MODEL_NAMES["vit_b16"], dict(dynamic_img_size=True)), "swin_t": (MODEL_NAMES["swin_t"], {})}
     rows = []
     for key, (name, kwargs) in specs.items():
         model = tessera.create_model(name, **kwargs, **(OURS_QUICK[key] if size == "quick" else {})).to(device).eval()

@@ -346,8 +346,8 @@ class FastLinearKernels(L.Callback):
 
     Applied at fit start (the network exists by then) on every rank; see `tessera.layers.fast_linear`.
     Off by default (on with `trainer.benchmark` unless deterministic): the kernels are chosen by
-    timing, so two runs may differ at fp32 rounding. The
-    choices travel in the checkpoint, so a resumed run computes with the kernels of the run it resumes.
+    timing, so two runs may differ at fp32 rounding. The choices travel in the checkpoint, so a
+    resumed run computes with the kernels of the run it resumes.
     """
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
